@@ -1,0 +1,90 @@
+// Sequential output for writers.
+//
+// Writers produce bytes front to back through this interface; they never seek. position() is the
+// number of bytes accepted so far, which writers use for alignment and offsets. A sink is used by one
+// thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "common/sha256.h"
+
+namespace zoogate {
+
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  virtual uint64_t position() const = 0;
+
+  Status write(std::span<const uint8_t> bytes) { return write_bytes(bytes); }
+  Status write(std::string_view text) {
+    return write_bytes(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  }
+
+ protected:
+  virtual Status write_bytes(std::span<const uint8_t> bytes) = 0;
+};
+
+// Collects everything in memory (tests, small pickles).
+class MemorySink final : public ByteSink {
+ public:
+  uint64_t position() const override { return bytes_.size(); }
+  const std::vector<uint8_t>& bytes() const { return bytes_; }
+  std::vector<uint8_t> take() { return std::move(bytes_); }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override;
+  std::vector<uint8_t> bytes_;
+};
+
+// Passes bytes on to another sink and hashes them on the way (the other sink must outlive this one).
+class HashingSink final : public ByteSink {
+ public:
+  explicit HashingSink(ByteSink& next) : next_(next) {}
+  uint64_t position() const override { return next_.position(); }
+  Sha256::Digest finish() { return hash_.finish(); }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override;
+  ByteSink& next_;
+  Sha256 hash_;
+};
+
+// Writes to a temporary file beside `path` and renames it into place on commit(), so readers never see
+// a partial file. If the sink is destroyed without a successful commit(), the temporary file is removed:
+// a failed or blocked run leaves nothing behind.
+class AtomicFileSink final : public ByteSink {
+ public:
+  static Result<std::unique_ptr<AtomicFileSink>> create(const std::string& path, unsigned mode = 0644);
+  ~AtomicFileSink() override;
+  AtomicFileSink(const AtomicFileSink&) = delete;
+  AtomicFileSink& operator=(const AtomicFileSink&) = delete;
+
+  uint64_t position() const override { return written_ + buffered_; }
+  // Flushes, fsyncs and renames the file into place.
+  Status commit();
+
+ private:
+  AtomicFileSink(int fd, std::string path, std::string temp_path);
+  Status write_bytes(std::span<const uint8_t> bytes) override;
+  Status flush();
+
+  int fd_;
+  std::string path_;
+  std::string temp_path_;
+  std::vector<uint8_t> buffer_;  // write-behind buffer so small writes do not become syscalls
+  size_t buffered_ = 0;
+  uint64_t written_ = 0;
+  bool committed_ = false;
+};
+
+// Reads a whole small file (config, keys, reports); large inputs go through FileSource instead.
+Result<std::string> read_small_file(const std::string& path, uint64_t max_bytes);
+
+}  // namespace zoogate

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what zoogate needs, idempotently, on Debian 12 as root.
+#   scripts/install-deps.sh build   compilers and libraries for the zoogate binary
+#   scripts/install-deps.sh test    the above, plus what the test suite and benchmarks use
+# Only packages that are missing are installed, so a second run does nothing.
+set -euo pipefail
+
+mode=${1:-build}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+build_packages=(
+  cmake ninja-build g++ pkg-config
+  libboost1.81-dev libssl-dev libzip-dev zlib1g-dev libyaml-cpp-dev prometheus-cpp-dev
+  nlohmann-json3-dev libcli11-dev libexpected-dev
+)
+# python3-torch generates the example checkpoint that the run command sanitizes.
+run_packages=(python3 python3-torch)
+test_packages=(
+  libgtest-dev libgmock-dev clang libclang-rt-14-dev
+  python3-torchvision python3-numpy python3-requests
+  curl nginx openssl p7zip-full zip time
+)
+
+case "$mode" in
+  build) wanted=("${build_packages[@]}") ;;
+  run) wanted=("${build_packages[@]}" "${run_packages[@]}") ;;
+  test) wanted=("${build_packages[@]}" "${run_packages[@]}" "${test_packages[@]}") ;;
+  *) echo "usage: $0 build|run|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${wanted[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$package")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Node.js and npm run the real Hub client in the integration tests. Machines that already carry a
+# Node.js build with npm keep it; others get Debian's.
+if [[ "$mode" == test && -f "$here/tests/integration/package-lock.json" ]]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+  fi
+  if [[ ! -d "$here/tests/integration/node_modules" ]] ||
+     ! cmp -s "$here/tests/integration/package-lock.json" "$here/tests/integration/node_modules/.package-lock.json"; then
+    npm ci --prefix "$here/tests/integration" --no-audit --no-fund
+  fi
+fi

@@ -1,0 +1,54 @@
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "cdr/value.h"
+
+namespace zoogate::cdr {
+namespace {
+
+// A list holding the same dict twice, and itself: sharing and a cycle.
+ValueTree shared_and_cyclic(bool share) {
+  ValueTree tree;
+  NodeId key = tree.add(StrValue{"k"});
+  NodeId one = tree.add(IntValue{1, {}});
+  NodeId dict = tree.add(DictValue{{{key, one}}});
+  NodeId second = share ? dict : tree.add(DictValue{{{key, one}}});
+  NodeId list = tree.add(ListValue{});
+  std::get<ListValue>(tree.at(list)).items = {dict, second, list};
+  tree.root = list;
+  return tree;
+}
+
+TEST(StructurallyEqual, SharingAndCyclesMustMatch) {
+  EXPECT_TRUE(structurally_equal(shared_and_cyclic(true), shared_and_cyclic(true)));
+  EXPECT_TRUE(structurally_equal(shared_and_cyclic(false), shared_and_cyclic(false)));
+  EXPECT_FALSE(structurally_equal(shared_and_cyclic(true), shared_and_cyclic(false)));
+}
+
+TEST(StructurallyEqual, NumberingDoesNotMatterButValuesDo) {
+  ValueTree a;
+  a.root = a.add(TupleValue{{a.add(StrValue{"x"}), a.add(FloatValue{1.5})}});
+  ValueTree b;
+  NodeId f = b.add(FloatValue{1.5});
+  NodeId s = b.add(StrValue{"x"});
+  b.root = b.add(TupleValue{{s, f}});
+  EXPECT_TRUE(structurally_equal(a, b));
+  std::get<FloatValue>(b.at(f)).value = -1.5;
+  EXPECT_FALSE(structurally_equal(a, b));
+}
+
+TEST(FloatValue, ComparesBitsSoSignedZeroAndNanAreExact) {
+  EXPECT_FALSE(FloatValue{0.0} == FloatValue{-0.0});
+  EXPECT_TRUE(FloatValue{std::nan("")} == FloatValue{std::nan("")});
+}
+
+TEST(StorageTypes, NamesAndSizesRoundTrip) {
+  EXPECT_EQ(storage_type_from_name("BFloat16Storage"), StorageType::kBFloat16);
+  EXPECT_EQ(storage_element_size(StorageType::kComplexDouble), 16u);
+  EXPECT_STREQ(storage_type_name(StorageType::kLong), "LongStorage");
+  EXPECT_FALSE(storage_type_from_name("PyObjectStorage"));
+}
+
+}  // namespace
+}  // namespace zoogate::cdr
