@@ -20,6 +20,7 @@ struct Limits {
   uint64_t max_memo_entries = 10'000'000;     // distinct memo slots written
   uint64_t max_memo_index = 100'000'000;      // largest memo index a PUT/GET may name
   uint64_t max_string_length = 256ull << 20;  // one str/bytes operand, in bytes
+  uint64_t max_int_bytes = 4096;              // one integer operand (LONG1/LONG4 bytes, or decimal digits)
   uint64_t max_pickle_size = 1ull << 30;      // one pickle stream (data.pkl or a plain .pkl), in bytes
   uint64_t max_zip_entries = 100'000;         // entries in one archive
   uint64_t max_entry_size = 1ull << 40;       // uncompressed size of one archive entry, in bytes
