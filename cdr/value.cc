@@ -151,6 +151,25 @@ class Comparer {
 
 bool structurally_equal(const ValueTree& a, const ValueTree& b) { return Comparer(a, b).run(); }
 
+std::vector<NodeId> reachable_nodes(const ValueTree& tree) {
+  std::vector<NodeId> order;
+  if (tree.nodes.empty()) return order;
+  std::vector<bool> seen(tree.nodes.size(), false);
+  std::vector<NodeId> pending = {tree.root};
+  std::vector<NodeId> children;
+  while (!pending.empty()) {
+    NodeId id = pending.back();
+    pending.pop_back();
+    if (id >= tree.nodes.size() || seen[id]) continue;
+    seen[id] = true;
+    order.push_back(id);
+    children.clear();
+    for_each_child(tree.nodes[id], [&](NodeId child) { children.push_back(child); });
+    pending.insert(pending.end(), children.rbegin(), children.rend());  // first child is visited first
+  }
+  return order;
+}
+
 const char* storage_type_name(StorageType type) { return info(type).name; }
 
 uint64_t storage_element_size(StorageType type) { return info(type).element_size; }

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <variant>
@@ -178,6 +179,49 @@ struct ValueTree {
   const Value& at(NodeId id) const { return nodes.at(id); }
   Value& at(NodeId id) { return nodes.at(id); }
 };
+
+// Calls visit(NodeId) for each node that `value` refers to directly, in the order a pickle writes them
+// (items in order, dict keys before values, typed nodes' arguments in call order).
+template <typename Visitor>
+void for_each_child(const Value& value, Visitor&& visit) {
+  auto visit_pairs = [&](const std::vector<std::pair<NodeId, NodeId>>& pairs) {
+    for (const auto& [key, item] : pairs) {
+      visit(key);
+      visit(item);
+    }
+  };
+  std::visit(
+      [&](const auto& node) {
+        using T = std::decay_t<decltype(node)>;
+        if constexpr (std::is_same_v<T, TupleValue> || std::is_same_v<T, ListValue> ||
+                      std::is_same_v<T, SetValue>) {
+          for (NodeId item : node.items) visit(item);
+        } else if constexpr (std::is_same_v<T, DictValue>) {
+          visit_pairs(node.items);
+        } else if constexpr (std::is_same_v<T, OrderedDictValue>) {
+          visit_pairs(node.items);
+          if (node.attributes) visit(*node.attributes);
+        } else if constexpr (std::is_same_v<T, TensorValue>) {
+          visit(node.storage);
+          if (node.metadata) visit(*node.metadata);
+        } else if constexpr (std::is_same_v<T, ParameterValue>) {
+          visit(node.tensor);
+        } else if constexpr (std::is_same_v<T, NumpyArrayValue> || std::is_same_v<T, NumpyScalarValue>) {
+          visit(node.dtype);
+        } else if constexpr (std::is_same_v<T, NamespaceValue>) {
+          visit_pairs(node.attributes);
+        } else if constexpr (std::is_same_v<T, OperatorCallValue>) {
+          visit(node.callable);
+          visit(node.args);
+          if (node.build_state) visit(*node.build_state);
+        }
+      },
+      value);
+}
+
+// Every node reachable from the root, each once, in depth-first pre-order (the order in which a
+// writer first meets them). Iterative: safe on arbitrarily deep trees.
+std::vector<NodeId> reachable_nodes(const ValueTree& tree);
 
 // Structural equality of the values reachable from each tree's root, including the sharing pattern
 // (two references to one node on one side must be two references to one node on the other) and

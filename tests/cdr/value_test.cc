@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -48,6 +49,26 @@ TEST(StorageTypes, NamesAndSizesRoundTrip) {
   EXPECT_EQ(storage_element_size(StorageType::kComplexDouble), 16u);
   EXPECT_STREQ(storage_type_name(StorageType::kLong), "LongStorage");
   EXPECT_FALSE(storage_type_from_name("PyObjectStorage"));
+}
+
+}  // namespace
+}  // namespace zoogate::cdr
+
+namespace zoogate::cdr {
+namespace {
+
+TEST(ReachableNodes, PreOrderEachOnceSkippingUnreachable) {
+  ValueTree tree;
+  NodeId orphan = tree.add(StrValue{"unreachable"});
+  NodeId a = tree.add(StrValue{"a"});
+  NodeId b = tree.add(StrValue{"b"});
+  NodeId inner = tree.add(TupleValue{{b, a}});
+  NodeId list = tree.add(ListValue{});
+  std::get<ListValue>(tree.at(list)).items = {a, inner, list};
+  tree.root = list;
+  std::vector<NodeId> order = reachable_nodes(tree);
+  EXPECT_EQ(order, (std::vector<NodeId>{list, a, inner, b}));
+  EXPECT_EQ(std::count(order.begin(), order.end(), orphan), 0);
 }
 
 }  // namespace
