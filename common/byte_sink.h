@@ -43,6 +43,19 @@ class MemorySink final : public ByteSink {
   std::vector<uint8_t> bytes_;
 };
 
+// Counts bytes and drops them (a dry run of a writer, or a read that only verifies).
+class DiscardSink final : public ByteSink {
+ public:
+  uint64_t position() const override { return position_; }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override {
+    position_ += bytes.size();
+    return {};
+  }
+  uint64_t position_ = 0;
+};
+
 // Passes bytes on to another sink and hashes them on the way (the other sink must outlive this one).
 class HashingSink final : public ByteSink {
  public:
