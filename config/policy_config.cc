@@ -90,8 +90,9 @@ Result<std::vector<std::pair<cdr::FindingKind, cdr::Action>>> read_actions(const
   }};
   std::vector<std::pair<cdr::FindingKind, cdr::Action>> actions;
   for (const auto& [key, value] : section->entries()) {
-    auto field = std::find_if(kActionFields.begin(), kActionFields.end(),
-                              [&](const ActionField& candidate) { return cdr::to_string(candidate.kind) == key; });
+    auto field = std::find_if(kActionFields.begin(), kActionFields.end(), [&key = key](const ActionField& candidate) {
+      return cdr::to_string(candidate.kind) == key;
+    });
     auto action = value.as_enum<cdr::Action>(choices);
     if (!action) return fail(std::move(action.error()));
     actions.emplace_back(field->kind, *action);
@@ -106,7 +107,7 @@ Result<std::vector<std::pair<uint64_t cdr::Limits::*, uint64_t>>> read_limits(co
   std::vector<std::pair<uint64_t cdr::Limits::*, uint64_t>> limits;
   for (const auto& [key, value] : section->entries()) {
     auto field = std::find_if(kLimitFields.begin(), kLimitFields.end(),
-                              [&](const LimitField& candidate) { return candidate.name == key; });
+                              [&key = key](const LimitField& candidate) { return candidate.name == key; });
     // Zero would refuse every file (or, for some limits, mean nothing): never what an operator wants.
     auto limit = field->unit == LimitUnit::kBytes ? value.as_byte_size(1, kMax) : value.as_unsigned(1, kMax);
     if (!limit) return fail(std::move(limit.error()));

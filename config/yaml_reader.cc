@@ -4,6 +4,9 @@
 #include <array>
 #include <charconv>
 #include <exception>
+#include <sstream>
+
+#include <yaml-cpp/eventhandler.h>
 
 #include "common/byte_source.h"
 #include "common/checked.h"
@@ -105,6 +108,22 @@ Error too_large(std::string_view file_name) {
                    format_with_unit(kMaxConfigFileBytes, kByteUnits) + "; configuration files are small",
                std::nullopt};
 }
+
+// Records where each document starts and ignores everything else.
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
 
 }  // namespace
 
@@ -256,27 +275,35 @@ Result<YamlNode> YamlMapping::require(std::string_view key) const {
 
 Result<YamlNode> parse_yaml(std::string_view text, std::string_view file_name) {
   auto name = std::make_shared<const std::string>(file_name);
-  if (text.size() > kMaxConfigFileBytes) {
-    return fail(too_large(*name));
-  }
-  std::vector<YAML::Node> documents;
+  if (text.size() > kMaxConfigFileBytes) return fail(too_large(*name));
+  std::string owned_text(text);
   try {
-    documents = YAML::LoadAll(std::string(text));
+    // yaml-cpp 0.7 reports a token it cannot place at document level (a stray ',') as an endless run
+    // of empty documents at that token (jbeder/yaml-cpp#1040), so YAML::LoadAll() never returns. Look
+    // at no more than two document starts here, then build the one document with YAML::Load().
+    std::istringstream stream(owned_text);
+    YAML::Parser parser(stream);
+    DocumentStarts starts;
+    while (starts.marks.size() < 2 && parser.HandleNextDocument(starts)) {
+    }
+    if (starts.marks.size() == 2) {
+      YAML::Mark second = starts.marks[1];
+      YamlNode at(YAML::Node(), name, "", second);
+      if (second.pos == starts.marks[0].pos) {
+        return fail(at.error("unexpected " + quote_for_message(text.substr(static_cast<size_t>(second.pos), 1))));
+      }
+      return fail(at.error("a second YAML document starts here; a configuration file holds exactly one"));
+    }
+    YAML::Node root = starts.marks.empty() ? YAML::Node() : YAML::Load(owned_text);
+    if (root.IsNull()) return YamlNode(YAML::Node(YAML::NodeType::Map), name, "", YAML::Mark::null_mark());
+    YAML::Mark root_mark = root.Mark();
+    return YamlNode(std::move(root), name, "", root_mark);
   } catch (const YAML::Exception& exception) {
     YamlNode at(YAML::Node(), name, "", exception.mark);
     return fail(at.error(exception.msg));
   } catch (const std::exception& exception) {
     return fail(ErrorCode::kInvalidArgument, *name + ": " + exception.what());
   }
-  if (documents.size() > 1) {
-    YamlNode second(documents[1], name, "", documents[1].Mark());
-    return fail(second.error("only one YAML document is allowed in a configuration file"));
-  }
-  if (documents.empty() || documents.front().IsNull()) {
-    return YamlNode(YAML::Node(YAML::NodeType::Map), name, "", YAML::Mark::null_mark());
-  }
-  YAML::Mark root_mark = documents.front().Mark();
-  return YamlNode(std::move(documents.front()), name, "", root_mark);
 }
 
 std::string quote_for_message(std::string_view text) {

@@ -49,7 +49,17 @@ TEST(YamlParse, HostileNestingIsAnErrorNotACrash) {
 
 TEST(YamlParse, RefusesASecondDocument) {
   EXPECT_EQ(error_of(parse_yaml("a: 1\n---\nb: 2\n", "t.yaml")),
-            "t.yaml:3:1: only one YAML document is allowed in a configuration file");
+            "t.yaml:2:1: a second YAML document starts here; a configuration file holds exactly one");
+  EXPECT_EQ(error_of(parse_yaml("a: 1\n...\n,\n", "t.yaml")),
+            "t.yaml:3:1: a second YAML document starts here; a configuration file holds exactly one");
+}
+
+// yaml-cpp 0.7's LoadAll() loops forever on these (jbeder/yaml-cpp#1040).
+TEST(YamlParse, StrayCommasAreErrorsNotEndlessDocuments) {
+  EXPECT_EQ(error_of(parse_yaml(",", "t.yaml")), "t.yaml:1:1: unexpected ','");
+  EXPECT_EQ(error_of(parse_yaml(",)", "t.yaml")), "t.yaml:1:1: unexpected ','");
+  EXPECT_EQ(error_of(parse_yaml("# comment\n, version: v1\n", "t.yaml")), "t.yaml:2:1: unexpected ','");
+  EXPECT_THAT(error_of(parse_yaml("- a\n- b\n,\n", "t.yaml")), StartsWith("t.yaml:3:1: "));
 }
 
 TEST(YamlParse, EmptyOrCommentOnlyTextIsAnEmptyMapping) {
