@@ -1,0 +1,84 @@
+// Canonical writer for PyTorch ZIP archives.
+//
+// Streams an archive to a ByteSink front to back (it never seeks) with memory independent of entry
+// sizes. Output is deterministic: the same entries give the same bytes. The layout is the one torch.save
+// produces, so that PyTorch (also with mmap), Python's zipfile and zoogate's own strict reader all read it:
+//   - per entry: a local header (flags: data descriptor and UTF-8 name; method stored; time 00:00 and
+//     date 1980-01-01; CRC and sizes zero, as the data descriptor carries them), the name, an extra field
+//     with zip64 sizes when needed, then torch's "FB" padding field filled with 'Z' so that the data
+//     starts at a multiple of 64 bytes; the data; a signed data descriptor (64-bit sizes with zip64);
+//   - the central directory in entry order, with a zip64 extra field for sizes and offsets >= 0xFFFFFFFF;
+//   - zip64 end record and locator when counts, sizes or offsets need them; the end record, no comment.
+// Data descriptors let the CRC be computed while the data streams through; sizes are known up front.
+//
+// Entry names must follow zip::EntryNames (one top-level folder, no traversal, unique ignoring ASCII
+// case). Every call returns an error on misuse (writing more or less than declared, calls out of order)
+// and after any error the writer refuses further calls; the partial output must be discarded.
+// The archive starts at the sink's position when the writer is constructed. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "cdr/zip_format.h"
+#include "common/byte_sink.h"
+#include "common/error.h"
+
+namespace zoogate::cdr {
+
+struct ZipWriterOptions {
+  // Use zip64 fields and end records even where no value needs them, so that small archives exercise
+  // the zip64 layout (tests, and consumers that want one layout for every size).
+  bool force_zip64 = false;
+};
+
+class ZipWriter {
+ public:
+  explicit ZipWriter(ByteSink& sink, ZipWriterOptions options = {});
+
+  // Starts an entry of exactly `size` bytes and writes its local header. `crc32`, when given, is the
+  // CRC-32 of the bytes that will follow, already known to the caller (a copy from a ZipEntryStream,
+  // which verifies its source's CRC while streaming): the writer then does not compute it again and
+  // trusts it, so it must be right.
+  Status begin_entry(std::string name, uint64_t size, std::optional<uint32_t> crc32 = std::nullopt);
+  // Appends data to the open entry; more than the declared size in total is an error.
+  Status write(std::span<const uint8_t> bytes);
+  // Closes the open entry, which must have received exactly its declared size, with its data descriptor.
+  Status end_entry();
+  // Writes the central directory and end records. At least one entry is required.
+  Status finish();
+
+ private:
+  struct Entry {
+    std::string name;
+    uint64_t offset = 0;  // of the local header, from the start of the archive
+    uint64_t size = 0;
+    uint32_t crc32 = 0;
+  };
+
+  // Runs one public operation: refuses it after an earlier failure, and records a new failure.
+  template <typename Step>
+  Status guarded(Step&& step);
+  Status emit(const std::vector<uint8_t>& bytes);
+  uint64_t archive_position() const { return sink_.position() - base_; }
+  bool sizes_need_zip64(uint64_t size) const;
+  bool offset_needs_zip64(uint64_t offset) const;
+  void append_central_header(std::vector<uint8_t>& out, const Entry& entry) const;
+  void append_end_records(std::vector<uint8_t>& out, uint64_t cd_offset, uint64_t cd_size) const;
+
+  ByteSink& sink_;
+  const ZipWriterOptions options_;
+  const uint64_t base_;
+  zip::EntryNames names_;
+  std::vector<Entry> entries_;
+  bool entry_open_ = false;
+  bool crc_given_ = false;    // the open entry's CRC came from the caller
+  uint64_t entry_written_ = 0;  // bytes of the open entry written so far
+  bool finished_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace zoogate::cdr
