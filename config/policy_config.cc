@@ -57,10 +57,10 @@ constexpr std::array<std::string_view, 4> kRuleKeys = {"match", "allow_globals",
 // way to reach such a callable. Refused in allow_globals together with all their submodules. A safety
 // net against the worst mistakes, not a guarantee: docs/policy.md explains the risk of every addition.
 constexpr std::array<std::string_view, 31> kNeverAllowedModules = {
-    "builtins", "os",       "posix",      "nt",         "subprocess", "sys",    "importlib", "runpy",
-    "pickle",   "_pickle",  "marshal",    "ctypes",     "shutil",     "socket", "pty",       "code",
-    "codeop",   "operator", "_operator",  "functools",  "types",      "pdb",    "webbrowser", "io",
-    "_io",      "signal",   "threading",  "_thread",    "inspect",    "asyncio", "multiprocessing",
+    "builtins", "os",       "posix",     "nt",        "subprocess", "sys",     "importlib",  "runpy",
+    "pickle",   "_pickle",  "marshal",   "ctypes",    "shutil",     "socket",  "pty",        "code",
+    "codeop",   "operator", "_operator", "functools", "types",      "pdb",     "webbrowser", "io",
+    "_io",      "signal",   "threading", "_thread",   "inspect",    "asyncio", "multiprocessing",
 };
 
 const std::vector<std::string_view>& action_keys() {
@@ -90,9 +90,9 @@ Result<std::vector<std::pair<cdr::FindingKind, cdr::Action>>> read_actions(const
   }};
   std::vector<std::pair<cdr::FindingKind, cdr::Action>> actions;
   for (const auto& [key, value] : section->entries()) {
-    auto field = std::find_if(kActionFields.begin(), kActionFields.end(), [&key = key](const ActionField& candidate) {
-      return cdr::to_string(candidate.kind) == key;
-    });
+    auto field = std::find_if(
+        kActionFields.begin(), kActionFields.end(),
+        [&key = key](const ActionField& candidate) { return cdr::to_string(candidate.kind) == key; });
     auto action = value.as_enum<cdr::Action>(choices);
     if (!action) return fail(std::move(action.error()));
     actions.emplace_back(field->kind, *action);
@@ -116,7 +116,9 @@ Result<std::vector<std::pair<uint64_t cdr::Limits::*, uint64_t>>> read_limits(co
   return limits;
 }
 
-bool is_ascii_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+bool is_ascii_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
 
 bool is_identifier(std::string_view text) {
   if (text.empty() || (text[0] >= '0' && text[0] <= '9')) return false;
@@ -165,9 +167,11 @@ Result<std::vector<cdr::GlobalName>> read_allow_globals(const YamlNode& node) {
     if (!global) {
       return fail(item.error("bad global " + quote_for_message(*text) + ": " + global.error().message));
     }
-    auto previous = std::find_if(seen.begin(), seen.end(), [&](const auto& entry) { return entry.first == *global; });
+    auto previous =
+        std::find_if(seen.begin(), seen.end(), [&](const auto& entry) { return entry.first == *global; });
     if (previous != seen.end()) {
-      return fail(item.error(quote_for_message(*text) + " is listed twice (first at " + previous->second + ")"));
+      return fail(
+          item.error(quote_for_message(*text) + " is listed twice (first at " + previous->second + ")"));
     }
     seen.emplace_back(*global, item.location());
     return global;
@@ -222,10 +226,10 @@ Result<std::string> read_version(const YamlNode& node) {
   constexpr size_t kMaxVersionLength = 64;
   auto version = node.as_string();
   if (!version) return fail(std::move(version.error()));
-  bool well_formed = version->size() <= kMaxVersionLength &&
-                     std::all_of(version->begin(), version->end(), [](char c) {
-                       return is_ascii_alnum(c) || c == '.' || c == '_' || c == '-';
-                     });
+  bool well_formed =
+      version->size() <= kMaxVersionLength && std::all_of(version->begin(), version->end(), [](char c) {
+        return is_ascii_alnum(c) || c == '.' || c == '_' || c == '-';
+      });
   if (!well_formed) {
     return fail(node.error("'version' must be at most " + std::to_string(kMaxVersionLength) +
                            " letters, digits, '.', '_' or '-', got " + quote_for_message(*version)));
@@ -245,7 +249,9 @@ std::string settings_fingerprint(const cdr::Policy& policy) {
   }
   std::vector<cdr::GlobalName> globals = policy.operator_allowed_globals;
   std::sort(globals.begin(), globals.end());
-  for (const cdr::GlobalName& global : globals) canonical += "allow=" + global.module + " " + global.name + "\n";
+  for (const cdr::GlobalName& global : globals) {
+    canonical += "allow=" + global.module + " " + global.name + "\n";
+  }
   Sha256::Digest digest = Sha256::of(std::string_view(canonical));
   return to_hex(std::span<const uint8_t>(digest.data(), 8));
 }

@@ -21,10 +21,17 @@ struct Unit {
 
 // Ordered by factor; the first entry has factor 1.
 constexpr std::array<Unit, 5> kByteUnits = {{
-    {"B", 1}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"TiB", 1ull << 40},
+    {"B", 1},
+    {"KiB", 1ull << 10},
+    {"MiB", 1ull << 20},
+    {"GiB", 1ull << 30},
+    {"TiB", 1ull << 40},
 }};
 constexpr std::array<Unit, 4> kDurationUnits = {{
-    {"ms", 1}, {"s", 1000}, {"m", 60 * 1000}, {"h", 60 * 60 * 1000},
+    {"ms", 1},
+    {"s", 1000},
+    {"m", 60 * 1000},
+    {"h", 60 * 60 * 1000},
 }};
 
 std::string join(std::span<const std::string_view> names, std::string_view separator) {
@@ -104,8 +111,8 @@ std::string container_phrase(const std::string& path) {
 
 Error too_large(std::string_view file_name) {
   return Error{ErrorCode::kInvalidArgument,
-               std::string(file_name) + ": larger than " +
-                   format_with_unit(kMaxConfigFileBytes, kByteUnits) + "; configuration files are small",
+               std::string(file_name) + ": larger than " + format_with_unit(kMaxConfigFileBytes, kByteUnits) +
+                   "; configuration files are small",
                std::nullopt};
 }
 
@@ -119,9 +126,11 @@ class DocumentStarts final : public YAML::EventHandler {
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
   void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
-  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
   void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
   void OnMapEnd() override {}
 };
 
@@ -217,7 +226,9 @@ Result<size_t> YamlNode::as_choice(std::span<const std::string_view> names) cons
   auto text = scalar(expected);
   if (!text) return fail(std::move(text.error()));
   auto found = std::find(names.begin(), names.end(), *text);
-  if (found == names.end()) return fail(error(subject() + " must be " + expected + "; got " + quote_for_message(*text)));
+  if (found == names.end()) {
+    return fail(error(subject() + " must be " + expected + "; got " + quote_for_message(*text)));
+  }
   return static_cast<size_t>(found - names.begin());
 }
 
@@ -247,8 +258,8 @@ Result<YamlMapping> YamlNode::as_mapping(std::span<const std::string_view> allow
       return fail(key_node.error("unknown key " + quote_for_message(name) + " " + container_phrase(path_) +
                                  " (allowed: " + join(allowed_keys, ", ") + ")"));
     }
-    auto previous = std::find_if(entries.begin(), entries.end(),
-                                 [&](const auto& seen) { return seen.first == name; });
+    auto previous =
+        std::find_if(entries.begin(), entries.end(), [&](const auto& seen) { return seen.first == name; });
     if (previous != entries.end()) {
       return fail(key_node.error("duplicate key " + quote_for_message(name) + " " + container_phrase(path_) +
                                  " (first given at " + previous->second.location() + ")"));
@@ -270,7 +281,8 @@ std::optional<YamlNode> YamlMapping::find(std::string_view key) const {
 
 Result<YamlNode> YamlMapping::require(std::string_view key) const {
   if (auto value = find(key)) return *value;
-  return fail(self_.error("missing required key " + quote_for_message(key) + " " + container_phrase(self_.path())));
+  return fail(
+      self_.error("missing required key " + quote_for_message(key) + " " + container_phrase(self_.path())));
 }
 
 Result<YamlNode> parse_yaml(std::string_view text, std::string_view file_name) {
@@ -290,7 +302,8 @@ Result<YamlNode> parse_yaml(std::string_view text, std::string_view file_name) {
       YAML::Mark second = starts.marks[1];
       YamlNode at(YAML::Node(), name, "", second);
       if (second.pos == starts.marks[0].pos) {
-        return fail(at.error("unexpected " + quote_for_message(text.substr(static_cast<size_t>(second.pos), 1))));
+        auto stuck_at = static_cast<size_t>(std::max(second.pos, 0));
+        return fail(at.error("unexpected " + quote_for_message(text.substr(std::min(stuck_at, text.size()), 1))));
       }
       return fail(at.error("a second YAML document starts here; a configuration file holds exactly one"));
     }

@@ -51,8 +51,7 @@ struct EnumChoice {
 
 class YamlNode {
  public:
-  YamlNode(YAML::Node node, std::shared_ptr<const std::string> file_name, std::string path,
-           YAML::Mark mark);
+  YamlNode(YAML::Node node, std::shared_ptr<const std::string> file_name, std::string path, YAML::Mark mark);
 
   // Key path from the document root: "" for the root, "limits.max_opcodes", "repositories[2].match".
   const std::string& path() const { return path_; }

@@ -117,7 +117,8 @@ TEST(PolicyConfig, ReadsEveryKey) {
   EXPECT_EQ(acme.limits.max_pickle_size, 4ull << 30);
   EXPECT_EQ(acme.limits.max_opcodes, 11u);
   EXPECT_EQ(acme.operator_allowed_globals,
-            (std::vector<GlobalName>{{"sklearn.linear_model._base", "LinearRegression"}, {"collections", "Counter"}}));
+            (std::vector<GlobalName>{{"sklearn.linear_model._base", "LinearRegression"},
+                                     {"collections", "Counter"}}));
 }
 
 TEST(PolicyConfig, KeysLeftOutKeepTheirDefaults) {
@@ -126,8 +127,8 @@ TEST(PolicyConfig, KeysLeftOutKeepTheirDefaults) {
   expect_default_settings(config.policy_for(""));
   expect_default_settings(config.policy_for("acme/model"));
 
-  cdr::Policy partial = parse_ok("version: v1\nactions: {forbidden_call: block}\nlimits: {max_opcodes: 5}\n")
-                            .policy_for("");
+  cdr::Policy partial =
+      parse_ok("version: v1\nactions: {forbidden_call: block}\nlimits: {max_opcodes: 5}\n").policy_for("");
   EXPECT_EQ(partial.forbidden_call, Action::kBlock);
   EXPECT_EQ(partial.forbidden_global, cdr::Policy().forbidden_global);
   EXPECT_EQ(partial.limits.max_opcodes, 5u);
@@ -139,17 +140,20 @@ TEST(PolicyConfig, ByteLimitsTakeUnitsAndCountsDoNot) {
     std::string yaml = "version: v1\nlimits:\n  " + std::string(key) + ": 1 KiB\n";
     EXPECT_TRUE(parse_policy_config(yaml, "policy.yaml")) << key;
   }
-  for (std::string_view key : {"max_opcodes", "max_stack_depth", "max_nesting_depth", "max_memo_entries",
-                               "max_memo_index", "max_zip_entries", "max_compression_ratio", "max_tensor_count"}) {
+  for (std::string_view key :
+       {"max_opcodes", "max_stack_depth", "max_nesting_depth", "max_memo_entries", "max_memo_index",
+        "max_zip_entries", "max_compression_ratio", "max_tensor_count"}) {
     std::string yaml = "version: v1\nlimits:\n  " + std::string(key) + ": 1KiB\n";
-    EXPECT_EQ(refusal(yaml), "policy.yaml:3:" + std::to_string(key.size() + 5) + ": 'limits." + std::string(key) +
+    EXPECT_EQ(refusal(yaml), "policy.yaml:3:" + std::to_string(key.size() + 5) + ": 'limits." +
+                                 std::string(key) +
                                  "' must be an integer from 1 to 18446744073709551615, got '1KiB'");
   }
 }
 
 TEST(PolicyConfig, RefusesZeroAndOverflowingLimits) {
-  EXPECT_EQ(refusal("version: v1\nlimits:\n  max_opcodes: 0\n"),
-            "policy.yaml:3:16: 'limits.max_opcodes' must be an integer from 1 to 18446744073709551615, got '0'");
+  EXPECT_EQ(
+      refusal("version: v1\nlimits:\n  max_opcodes: 0\n"),
+      "policy.yaml:3:16: 'limits.max_opcodes' must be an integer from 1 to 18446744073709551615, got '0'");
   EXPECT_THAT(refusal("version: v1\nlimits:\n  max_pickle_size: 0GiB\n"),
               StartsWith("policy.yaml:3:20: 'limits.max_pickle_size' must be a byte size from 1B to"));
   EXPECT_THAT(refusal("version: v1\nlimits:\n  max_entry_size: 16777216TiB\n"),
@@ -161,16 +165,18 @@ TEST(PolicyConfig, RefusesZeroAndOverflowingLimits) {
 
 TEST(PolicyConfig, RefusesUnknownKeysEverywhere) {
   EXPECT_EQ(refusal("version: v1\nlimit: {}\n"),
-            "policy.yaml:2:1: unknown key 'limit' at the top level (allowed: version, actions, limits, repositories)");
+            "policy.yaml:2:1: unknown key 'limit' at the top level (allowed: version, actions, limits, "
+            "repositories)");
   EXPECT_EQ(refusal("version: v1\nactions:\n  forbidden_globals: block\n"),
             "policy.yaml:3:3: unknown key 'forbidden_globals' in 'actions' (allowed: forbidden_global, "
             "forbidden_call, forbidden_build, forbidden_persistent_id)");
   EXPECT_THAT(refusal("version: v1\nlimits:\n  max_opcodes: 5\n  max_opcode: 5\n"),
               StartsWith("policy.yaml:4:3: unknown key 'max_opcode' in 'limits' (allowed: max_opcodes, "
                          "max_stack_depth, "));
-  EXPECT_EQ(refusal("version: v1\nrepositories:\n  - match: a/b\n    allow_global: [x.y]\n"),
-            "policy.yaml:4:5: unknown key 'allow_global' in 'repositories[0]' (allowed: match, allow_globals, "
-            "actions, limits)");
+  EXPECT_EQ(
+      refusal("version: v1\nrepositories:\n  - match: a/b\n    allow_global: [x.y]\n"),
+      "policy.yaml:4:5: unknown key 'allow_global' in 'repositories[0]' (allowed: match, allow_globals, "
+      "actions, limits)");
   EXPECT_THAT(refusal("version: v1\nrepositories:\n  - match: a/b\n    limits: {max_opcodes: 1, bogus: 2}\n"),
               StartsWith("policy.yaml:4:30: unknown key 'bogus' in 'repositories[0].limits'"));
   EXPECT_THAT(refusal("version: v1\nallow_globals: [collections.Counter]\n"),
@@ -183,11 +189,14 @@ TEST(PolicyConfig, RefusesDuplicateKeys) {
 }
 
 TEST(PolicyConfig, RefusesWrongTypes) {
-  EXPECT_EQ(refusal("version: v1\nactions: [block]\n"), "policy.yaml:2:10: 'actions' must be a mapping, got a list");
+  EXPECT_EQ(refusal("version: v1\nactions: [block]\n"),
+            "policy.yaml:2:10: 'actions' must be a mapping, got a list");
   EXPECT_EQ(refusal("version: v1\nlimits:\n"), "policy.yaml:2:1: 'limits' must be a mapping, got nothing");
-  EXPECT_EQ(refusal("version: v1\nlimits:\n  max_opcodes: [1]\n"),
-            "policy.yaml:3:16: 'limits.max_opcodes' must be an integer from 1 to 18446744073709551615, got a list");
-  EXPECT_EQ(refusal("version: {a: 1}\n"), "policy.yaml:1:10: 'version' must be a non-empty string, got a mapping");
+  EXPECT_EQ(
+      refusal("version: v1\nlimits:\n  max_opcodes: [1]\n"),
+      "policy.yaml:3:16: 'limits.max_opcodes' must be an integer from 1 to 18446744073709551615, got a list");
+  EXPECT_EQ(refusal("version: {a: 1}\n"),
+            "policy.yaml:1:10: 'version' must be a non-empty string, got a mapping");
   EXPECT_EQ(refusal("version: v1\nrepositories: {match: a/b}\n"),
             "policy.yaml:2:15: 'repositories' must be a list, got a mapping");
   EXPECT_EQ(refusal("version: v1\nrepositories: [a/b]\n"),
@@ -210,7 +219,8 @@ TEST(PolicyConfig, VersionIsRequiredAndPlain) {
   EXPECT_EQ(refusal("version: \"\"\n"), "policy.yaml:1:10: 'version' must be a non-empty string");
   EXPECT_EQ(refusal("version: a/b\n"),
             "policy.yaml:1:10: 'version' must be at most 64 letters, digits, '.', '_' or '-', got 'a/b'");
-  EXPECT_THAT(refusal("version: " + std::string(65, 'v') + "\n"), StartsWith("policy.yaml:1:10: 'version' must be"));
+  EXPECT_THAT(refusal("version: " + std::string(65, 'v') + "\n"),
+              StartsWith("policy.yaml:1:10: 'version' must be"));
   EXPECT_EQ(parse_ok("version: 2026.1\n").version, "2026.1");
   EXPECT_EQ(parse_ok("version: " + std::string(64, 'v') + "\n").version, std::string(64, 'v'));
 }
@@ -224,10 +234,11 @@ TEST(PolicyRules, MatchIsRequiredAndMustBeAValidPattern) {
   EXPECT_EQ(refusal("version: v1\nrepositories:\n  - limits: {max_opcodes: 1}\n"),
             "policy.yaml:3:5: missing required key 'match' in 'repositories[0]'");
   EXPECT_EQ(refusal("version: v1\nrepositories:\n  - match: acme//x\n    limits: {max_opcodes: 1}\n"),
-            "policy.yaml:3:12: bad repository pattern 'acme//x': a segment is empty (a leading, trailing or doubled "
-            "'/')");
-  EXPECT_EQ(refusal("version: v1\nrepositories:\n  - match: acme/x**\n    limits: {max_opcodes: 1}\n"),
-            "policy.yaml:3:12: bad repository pattern 'acme/x**': '**' must be a whole segment between slashes");
+            "policy.yaml:3:12: bad repository pattern 'acme//x': a segment is empty (a leading, trailing or "
+            "doubled '/')");
+  EXPECT_EQ(
+      refusal("version: v1\nrepositories:\n  - match: acme/x**\n    limits: {max_opcodes: 1}\n"),
+      "policy.yaml:3:12: bad repository pattern 'acme/x**': '**' must be a whole segment between slashes");
   EXPECT_EQ(refusal("version: v1\nrepositories:\n  - {match: acme/*}\n"),
             "policy.yaml:3:5: the rule for 'acme/*' changes nothing (give allow_globals, actions or limits)");
 }
@@ -235,8 +246,8 @@ TEST(PolicyRules, MatchIsRequiredAndMustBeAValidPattern) {
 TEST(PolicyRules, OnlyMatchingRepositoriesGetARule) {
   PolicyConfig config = parse_ok(kFullPolicy);
   cdr::Policy top = config.policy_for("");
-  for (std::string_view other : {"acme-corp", "acme-corp-evil/model", "acme-corp/model/x", "datasets/acme-corp/x",
-                                 "evil/acme-corp"}) {
+  for (std::string_view other :
+       {"acme-corp", "acme-corp-evil/model", "acme-corp/model/x", "datasets/acme-corp/x", "evil/acme-corp"}) {
     cdr::Policy policy = config.policy_for(other);
     EXPECT_TRUE(policy.operator_allowed_globals.empty()) << other;
     EXPECT_EQ(policy.limits.max_pickle_size, 2ull << 30) << other;
@@ -311,18 +322,23 @@ repositories:
 
 TEST(PolicyRules, RefusesBadGlobalsWithTheirLine) {
   auto rule_with = [](std::string_view global) {
-    return refusal("version: v1\nrepositories:\n  - match: a/b\n    allow_globals:\n      - ok.Name\n      - " +
-                   std::string(global) + "\n");
+    return refusal(
+        "version: v1\nrepositories:\n  - match: a/b\n    allow_globals:\n      - ok.Name\n      - " +
+        std::string(global) + "\n");
   };
-  EXPECT_EQ(rule_with("Counter"),
-            "policy.yaml:6:9: bad global 'Counter': write the global as module.name, e.g. collections.OrderedDict");
+  EXPECT_EQ(
+      rule_with("Counter"),
+      "policy.yaml:6:9: bad global 'Counter': write the global as module.name, e.g. collections.OrderedDict");
   EXPECT_EQ(rule_with("sklearn.*"),
-            "policy.yaml:6:9: bad global 'sklearn.*': wildcards are not supported; list each global by its exact name");
+            "policy.yaml:6:9: bad global 'sklearn.*': wildcards are not supported; list each global by its "
+            "exact name");
   EXPECT_THAT(rule_with("\"torch.nn.*.Linear\""), HasSubstr("wildcards are not supported"));
-  const std::string dunder = "names starting with '__' (__builtin__, __main__, __reduce__, ...) are never allowed";
+  const std::string dunder =
+      "names starting with '__' (__builtin__, __main__, __reduce__, ...) are never allowed";
   EXPECT_EQ(rule_with("__builtin__.eval"), "policy.yaml:6:9: bad global '__builtin__.eval': " + dunder);
   EXPECT_EQ(rule_with("__main__.Model"), "policy.yaml:6:9: bad global '__main__.Model': " + dunder);
-  EXPECT_EQ(rule_with("torch.Tensor.__reduce_ex__"), "policy.yaml:6:9: bad global 'torch.Tensor.__reduce_ex__': " + dunder);
+  EXPECT_EQ(rule_with("torch.Tensor.__reduce_ex__"),
+            "policy.yaml:6:9: bad global 'torch.Tensor.__reduce_ex__': " + dunder);
   EXPECT_EQ(rule_with("pkg.__init__.Thing"), "policy.yaml:6:9: bad global 'pkg.__init__.Thing': " + dunder);
   const std::string not_identifier =
       "every dot-separated part must be a Python identifier (ASCII letters, digits, '_')";
@@ -331,21 +347,25 @@ TEST(PolicyRules, RefusesBadGlobalsWithTheirLine) {
     EXPECT_THAT(rule_with(bad), HasSubstr(not_identifier)) << bad;
   }
   EXPECT_EQ(rule_with("os.system"),
-            "policy.yaml:6:9: bad global 'os.system': module 'os' gives code execution or system access and is never "
+            "policy.yaml:6:9: bad global 'os.system': module 'os' gives code execution or system access and "
+            "is never "
             "allowed");
-  for (std::string_view never : {"builtins.getattr", "os.path.join", "subprocess.Popen", "posix.system",
-                                 "importlib.import_module", "runpy._run_code", "pickle.loads", "functools.partial",
-                                 "operator.attrgetter", "sys.modules", "ctypes.CDLL", "shutil.rmtree"}) {
+  for (std::string_view never :
+       {"builtins.getattr", "os.path.join", "subprocess.Popen", "posix.system", "importlib.import_module",
+        "runpy._run_code", "pickle.loads", "functools.partial", "operator.attrgetter", "sys.modules",
+        "ctypes.CDLL", "shutil.rmtree"}) {
     EXPECT_THAT(rule_with(never), HasSubstr("is never allowed")) << never;
   }
   EXPECT_EQ(rule_with("ok.Name"), "policy.yaml:6:9: 'ok.Name' is listed twice (first at policy.yaml:5:9)");
-  EXPECT_EQ(rule_with("[x]"), "policy.yaml:6:9: 'repositories[0].allow_globals[1]' must be a non-empty string, "
-                              "got a list");
+  EXPECT_EQ(rule_with("[x]"),
+            "policy.yaml:6:9: 'repositories[0].allow_globals[1]' must be a non-empty string, "
+            "got a list");
 }
 
 TEST(PolicyRules, NeverAllowedModulesAreMatchedByWholeComponent) {
-  PolicyConfig config = parse_ok("version: v1\nrepositories:\n  - match: a/b\n"
-                                 "    allow_globals: [osmosis.Model, mypkg.os.Thing, system_tools.Tool]\n");
+  PolicyConfig config = parse_ok(
+      "version: v1\nrepositories:\n  - match: a/b\n"
+      "    allow_globals: [osmosis.Model, mypkg.os.Thing, system_tools.Tool]\n");
   EXPECT_EQ(config.policy_for("a/b").operator_allowed_globals.size(), 3u);
 }
 
@@ -373,7 +393,8 @@ repositories:
 
 TEST(PolicyVersion, GlobalOrderDoesNotMatter) {
   auto version_with = [](std::string_view globals) {
-    return parse_ok("version: v1\nrepositories:\n  - match: a/b\n    allow_globals: " + std::string(globals) + "\n")
+    return parse_ok("version: v1\nrepositories:\n  - match: a/b\n    allow_globals: " + std::string(globals) +
+                    "\n")
         .policy_for("a/b")
         .version;
   };

@@ -89,9 +89,7 @@ TEST(RepositoryPattern, RefusesMalformedPatterns) {
   }
 }
 
-TEST(RepositoryPattern, KeepsItsText) {
-  EXPECT_EQ(RepositoryPattern::parse("acme/*")->text(), "acme/*");
-}
+TEST(RepositoryPattern, KeepsItsText) { EXPECT_EQ(RepositoryPattern::parse("acme/*")->text(), "acme/*"); }
 
 TEST(RepositoryPattern, HostileIdsStayCheap) {
   auto pattern = RepositoryPattern::parse("**/**/**/*a*a*a*a*b/**/**").value();

@@ -94,8 +94,10 @@ TEST(YamlMapping, RefusesDuplicateKeysNamingTheFirst) {
 }
 
 TEST(YamlMapping, RefusesNonStringKeysAndNonMappings) {
-  EXPECT_EQ(error_of(value_of("v: {[a]: 1}").as_mapping({"a"})), "t.yaml:1:5: keys in 'v' must be plain strings");
-  EXPECT_EQ(error_of(value_of("v: {!!int 1: 1}").as_mapping({"1"})), "t.yaml:1:5: keys in 'v' must be plain strings");
+  EXPECT_EQ(error_of(value_of("v: {[a]: 1}").as_mapping({"a"})),
+            "t.yaml:1:5: keys in 'v' must be plain strings");
+  EXPECT_EQ(error_of(value_of("v: {!!int 1: 1}").as_mapping({"1"})),
+            "t.yaml:1:5: keys in 'v' must be plain strings");
   EXPECT_EQ(error_of(value_of("v: [a]").as_mapping({"a"})), "t.yaml:1:4: 'v' must be a mapping, got a list");
   EXPECT_EQ(error_of(value_of("v:").as_mapping({"a"})), "t.yaml:1:1: 'v' must be a mapping, got nothing");
   EXPECT_EQ(error_of(parse_yaml("hello", "t.yaml")->as_mapping({"a"})),
@@ -117,7 +119,8 @@ TEST(YamlScalar, Strings) {
   EXPECT_EQ(value_of("v: 'true'").as_string().value(), "true");
   EXPECT_EQ(value_of("v: |\n  a\n  b\n").as_string().value(), "a\nb\n");
   EXPECT_EQ(error_of(value_of("v: ''").as_string()), "t.yaml:1:4: 'v' must be a non-empty string");
-  EXPECT_EQ(error_of(value_of("v: ~").as_string()), "t.yaml:1:1: 'v' must be a non-empty string, got nothing");
+  EXPECT_EQ(error_of(value_of("v: ~").as_string()),
+            "t.yaml:1:1: 'v' must be a non-empty string, got nothing");
   EXPECT_EQ(error_of(value_of("v: !!str x").as_string()),
             "t.yaml:1:4: 'v' has the explicit tag 'tag:yaml.org,2002:str'; tags are not supported");
   EXPECT_EQ(error_of(value_of("v: !custom x").as_string()),
@@ -147,8 +150,10 @@ TEST(YamlScalar, UnsignedIntegersWithRangeChecks) {
     EXPECT_THAT(error_of(value_of(text).as_unsigned(0, kMax)), HasSubstr("'v' must be an integer from 0 to"))
         << text;
   }
-  EXPECT_EQ(error_of(value_of("v: [1]").as_unsigned(1, 9)), "t.yaml:1:4: 'v' must be an integer from 1 to 9, got a list");
-  EXPECT_EQ(error_of(value_of("v:\n").as_unsigned(1, 9)), "t.yaml:1:1: 'v' must be an integer from 1 to 9, got nothing");
+  EXPECT_EQ(error_of(value_of("v: [1]").as_unsigned(1, 9)),
+            "t.yaml:1:4: 'v' must be an integer from 1 to 9, got a list");
+  EXPECT_EQ(error_of(value_of("v:\n").as_unsigned(1, 9)),
+            "t.yaml:1:1: 'v' must be an integer from 1 to 9, got nothing");
 }
 
 TEST(YamlScalar, ByteSizesWithBinaryUnits) {
@@ -171,15 +176,21 @@ TEST(YamlScalar, ByteSizesWithBinaryUnits) {
 }
 
 TEST(YamlScalar, DurationsNeedAUnit) {
-  EXPECT_EQ(value_of("v: 500ms").as_duration(milliseconds(1), milliseconds(86400000)).value(), milliseconds(500));
-  EXPECT_EQ(value_of("v: 30s").as_duration(milliseconds(1), milliseconds(86400000)).value(), milliseconds(30000));
-  EXPECT_EQ(value_of("v: 5m").as_duration(milliseconds(1), milliseconds(86400000)).value(), milliseconds(300000));
-  EXPECT_EQ(value_of("v: 2 h").as_duration(milliseconds(1), milliseconds(86400000)).value(), milliseconds(7200000));
-  EXPECT_EQ(error_of(value_of("v: 30").as_duration(milliseconds(1000), milliseconds(60000))),
-            "t.yaml:1:4: 'v' must be a duration from 1s to 1m (digits followed by one of ms, s, m, h), got '30'");
+  EXPECT_EQ(value_of("v: 500ms").as_duration(milliseconds(1), milliseconds(86400000)).value(),
+            milliseconds(500));
+  EXPECT_EQ(value_of("v: 30s").as_duration(milliseconds(1), milliseconds(86400000)).value(),
+            milliseconds(30000));
+  EXPECT_EQ(value_of("v: 5m").as_duration(milliseconds(1), milliseconds(86400000)).value(),
+            milliseconds(300000));
+  EXPECT_EQ(value_of("v: 2 h").as_duration(milliseconds(1), milliseconds(86400000)).value(),
+            milliseconds(7200000));
+  EXPECT_EQ(
+      error_of(value_of("v: 30").as_duration(milliseconds(1000), milliseconds(60000))),
+      "t.yaml:1:4: 'v' must be a duration from 1s to 1m (digits followed by one of ms, s, m, h), got '30'");
   for (std::string_view text : {"v: 1d", "v: 1.5s", "v: 2m", "v: 999ms", "v: s"}) {
     EXPECT_THAT(error_of(value_of(text).as_duration(milliseconds(1000), milliseconds(60000))),
-                HasSubstr("'v' must be a duration")) << text;
+                HasSubstr("'v' must be a duration"))
+        << text;
   }
 }
 
@@ -188,8 +199,10 @@ TEST(YamlScalar, EnumsAreSpelledExactly) {
   const std::array<EnumChoice<Mode>, 2> choices = {{{"fast", Mode::kFast}, {"safe", Mode::kSafe}}};
   EXPECT_EQ(value_of("v: safe").as_enum<Mode>(choices).value(), Mode::kSafe);
   EXPECT_EQ(value_of("v: fast").as_enum<Mode>(choices).value(), Mode::kFast);
-  EXPECT_EQ(error_of(value_of("v: Safe").as_enum<Mode>(choices)), "t.yaml:1:4: 'v' must be one of fast, safe; got 'Safe'");
-  EXPECT_EQ(error_of(value_of("v: {}").as_enum<Mode>(choices)), "t.yaml:1:4: 'v' must be one of fast, safe, got a mapping");
+  EXPECT_EQ(error_of(value_of("v: Safe").as_enum<Mode>(choices)),
+            "t.yaml:1:4: 'v' must be one of fast, safe; got 'Safe'");
+  EXPECT_EQ(error_of(value_of("v: {}").as_enum<Mode>(choices)),
+            "t.yaml:1:4: 'v' must be one of fast, safe, got a mapping");
 }
 
 TEST(YamlSequence, ItemsKnowTheirPathAndPosition) {
@@ -234,7 +247,8 @@ TEST_F(ConfigFileTest, ReadsSmallFilesAndRefusesOthers) {
   auto big = dir_ / "big.yaml";
   std::ofstream(big).close();
   std::filesystem::resize_file(big, kMaxConfigFileBytes + 1);
-  EXPECT_EQ(error_of(read_config_file(big.string())), big.string() + ": larger than 4MiB; configuration files are small");
+  EXPECT_EQ(error_of(read_config_file(big.string())),
+            big.string() + ": larger than 4MiB; configuration files are small");
 }
 
 }  // namespace
