@@ -60,8 +60,6 @@ class YamlNode {
   // A kInvalidArgument Error reading "<location>: <message>".
   Error error(std::string_view message) const;
 
-  bool is_null() const { return node_.IsNull(); }
-
   // A non-empty scalar, verbatim.
   Result<std::string> as_string() const;
   // Exactly `true` or `false`.
@@ -110,7 +108,6 @@ class YamlMapping {
   YamlMapping(YamlNode self, std::vector<std::pair<std::string, YamlNode>> entries)
       : self_(std::move(self)), entries_(std::move(entries)) {}
 
-  const YamlNode& node() const { return self_; }
   const std::vector<std::pair<std::string, YamlNode>>& entries() const { return entries_; }
   std::optional<YamlNode> find(std::string_view key) const;
   // The value of `key`, or an error at the mapping's position saying the key is missing.
