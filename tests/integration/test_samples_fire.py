@@ -60,6 +60,13 @@ class SamplesFire(unittest.TestCase):
         self.assertGreaterEqual(len(techniques), MIN_TECHNIQUES)
         self.assertEqual(set(make_malicious.SAMPLES), set(self.meta))
 
+    def test_every_group_has_a_ctest_entry(self):
+        """CMakeLists.txt names one CTest entry per sample group; a new group must get one too."""
+        with open(os.path.join(support.HERE, "CMakeLists.txt"), encoding="utf-8") as handle:
+            groups_line = next(line for line in handle if "foreach(group Gadgets" in line)
+        self.assertEqual({group.title() for group in make_malicious.GROUPS},
+                         set(groups_line.split(")")[0].split()[1:]))
+
     def check_sample(self, name):
         meta = self.meta[name]
         self.assertTrue(meta["technique"] and meta["source"])
