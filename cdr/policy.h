@@ -26,6 +26,8 @@ struct Limits {
   uint64_t max_entry_size = 1ull << 40;       // uncompressed size of one archive entry, in bytes
   uint64_t max_compression_ratio = 100;       // uncompressed/compressed size of a deflated entry
   uint64_t max_tensor_count = 1'000'000;      // tensors in one checkpoint
+  uint64_t max_safetensors_header_size = 100'000'000;  // JSON header of a safetensors file, in bytes
+  uint64_t max_npy_header_size = 10'000;      // header of one .npy array, in bytes (numpy's own default)
 };
 
 enum class Action { kDisarm, kBlock };

@@ -20,7 +20,7 @@ struct LimitField {
   LimitUnit unit;
 };
 
-constexpr std::array<LimitField, 12> kLimitFields = {{
+constexpr std::array<LimitField, 14> kLimitFields = {{
     {"max_opcodes", &cdr::Limits::max_opcodes, LimitUnit::kCount},
     {"max_stack_depth", &cdr::Limits::max_stack_depth, LimitUnit::kCount},
     {"max_nesting_depth", &cdr::Limits::max_nesting_depth, LimitUnit::kCount},
@@ -33,6 +33,8 @@ constexpr std::array<LimitField, 12> kLimitFields = {{
     {"max_entry_size", &cdr::Limits::max_entry_size, LimitUnit::kBytes},
     {"max_compression_ratio", &cdr::Limits::max_compression_ratio, LimitUnit::kCount},
     {"max_tensor_count", &cdr::Limits::max_tensor_count, LimitUnit::kCount},
+    {"max_safetensors_header_size", &cdr::Limits::max_safetensors_header_size, LimitUnit::kBytes},
+    {"max_npy_header_size", &cdr::Limits::max_npy_header_size, LimitUnit::kBytes},
 }};
 // A limit added to cdr::Limits must also become readable here (and documented in docs/policy.md).
 static_assert(sizeof(cdr::Limits) == kLimitFields.size() * sizeof(uint64_t),

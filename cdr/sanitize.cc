@@ -1,0 +1,723 @@
+#include "cdr/sanitize.h"
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <future>
+#include <memory>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include "cdr/detect.h"
+#include "cdr/npy.h"
+#include "cdr/pickle_vm.h"
+#include "cdr/pickle_writer.h"
+#include "cdr/safetensors.h"
+#include "cdr/zip_reader.h"
+#include "cdr/zip_writer.h"
+#include "common/checked.h"
+
+namespace zoogate::cdr {
+
+std::string_view to_string(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::kClean: return "clean";
+    case Verdict::kDisarmed: return "disarmed";
+    case Verdict::kBlocked: return "blocked";
+  }
+  return "blocked";
+}
+
+namespace {
+
+// Records are copied in chunks of this size: large enough for full disk and hash speed, small enough
+// that memory does not depend on the size of a tensor.
+constexpr size_t kCopyChunk = 1 << 20;
+
+// The folder every rebuilt PyTorch archive uses with the canonical layout (torch.save's own name).
+constexpr std::string_view kCanonicalArchiveFolder = "archive";
+
+// PyTorch's legacy format starts with this number, pickled on its own.
+constexpr std::string_view kLegacyMagicLittleEndian = "\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+constexpr int64_t kLegacyProtocolVersion = 1001;
+
+// The records a PyTorch archive may hold besides data.pkl and the storages it references. Their
+// content is regenerated, never copied.
+const std::set<std::string, std::less<>> kTorchMetadataRecords = {
+    "version", ".data/version", "byteorder", ".data/serialization_id", ".format_version",
+    ".storage_alignment"};
+
+// Entry names that only TorchScript archives have.
+bool is_torchscript_entry(std::string_view relative_name) {
+  return relative_name == "constants.pkl" || relative_name.starts_with("code/") ||
+         relative_name.starts_with("constants/") || relative_name.starts_with("extra/") ||
+         relative_name == "bytecode.pkl";
+}
+
+std::span<const uint8_t> as_bytes(std::string_view text) {
+  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+}
+
+class Stopwatch {
+ public:
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+// Adapts the open entry of a ZipWriter to the ByteSink interface.
+class ZipEntrySink final : public ByteSink {
+ public:
+  explicit ZipEntrySink(ZipWriter& zip) : zip_(zip) {}
+  uint64_t position() const override { return written_; }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override {
+    written_ += bytes.size();
+    return zip_.write(bytes);
+  }
+  ZipWriter& zip_;
+  uint64_t written_ = 0;
+};
+
+// Where the bytes of one storage record come from in the input.
+struct RecordSource {
+  const ZipEntry* entry = nullptr;  // a zip entry, streamed (and CRC-checked) through ZipEntryStream
+  uint64_t offset = 0;              // otherwise [offset, offset + size) of the input
+  uint64_t size = 0;
+};
+
+// One storage of a PyTorch checkpoint: the StorageRefValue node that names it and its bytes.
+struct StorageRecord {
+  NodeId node = 0;
+  RecordSource source;
+};
+
+// A parsed PyTorch checkpoint (archive or legacy), ready to be written again.
+struct TorchCheckpoint {
+  PickleParse pickle;
+  std::vector<StorageRecord> storages;  // in first-reference order
+};
+
+// The engine's working state for one input: the report it fills and the policy it applies.
+class Sanitizer {
+ public:
+  Sanitizer(const ByteSource& input, const Policy& policy, const SanitizeOptions& options, SanitizeReport& report)
+      : input_(input), policy_(policy), options_(options), report_(report) {}
+
+  Status run(ByteSink& output);
+
+ private:
+  Status sanitize_zip(HashingSink& output);
+  Status sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output);
+  Status sanitize_legacy(HashingSink& output);
+  Status sanitize_plain_pickle(HashingSink& output);
+  Status sanitize_npy(HashingSink& output);
+  Status sanitize_safetensors(HashingSink& output);
+
+  Result<PickleParse> parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
+                            bool allow_trailing_bytes = false);
+  Result<std::vector<StorageRecord>> collect_storages(
+      ValueTree& tree, const std::function<Result<RecordSource>(const StorageRefValue&)>& locate);
+  Status write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output);
+  Status write_safetensors_from(const TorchCheckpoint& checkpoint, HashingSink& output);
+  // Streams a record's bytes from the input into `sink`, returning their SHA-256.
+  Result<Sha256::Digest> copy_record(const RecordSource& source, ByteSink& sink);
+  Status write_small_entry(ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes);
+  void add_record(std::string name, uint64_t size, const Sha256::Digest& digest) {
+    report_.records.push_back(RecordDigest{std::move(name), size, digest});
+  }
+
+  const ByteSource& input_;
+  const Policy& policy_;
+  const SanitizeOptions& options_;
+  SanitizeReport& report_;
+  std::vector<uint8_t> buffer_ = std::vector<uint8_t>(kCopyChunk);
+};
+
+Result<PickleParse> Sanitizer::parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
+                                     bool allow_trailing_bytes) {
+  PickleParseOptions options;
+  options.persistent_ids = mode;
+  options.record_name = std::move(record_name);
+  options.allow_trailing_bytes = allow_trailing_bytes;
+  auto parsed = parse_pickle(source, policy_, options);
+  if (!parsed) return tl::unexpected(parsed.error().with_context(options.record_name));
+  for (const auto& global : parsed->globals_seen) {
+    if (std::find(report_.globals.begin(), report_.globals.end(), global) == report_.globals.end()) {
+      report_.globals.push_back(global);
+    }
+  }
+  report_.findings.insert(report_.findings.end(), parsed->findings.begin(), parsed->findings.end());
+  return parsed;
+}
+
+Status Sanitizer::run(ByteSink& raw_output) {
+  auto detection = identify_content(input_);
+  if (!detection) return tl::unexpected(detection.error());
+  report_.container = std::string(to_string(detection->kind));
+  HashingSink output(raw_output);
+  Status status;
+  switch (detection->kind) {
+    case ContentKind::kZip: status = sanitize_zip(output); break;
+    case ContentKind::kTorchLegacy: status = sanitize_legacy(output); break;
+    case ContentKind::kPickle: status = sanitize_plain_pickle(output); break;
+    case ContentKind::kNpy: status = sanitize_npy(output); break;
+    case ContentKind::kSafetensors: status = sanitize_safetensors(output); break;
+    case ContentKind::kTorchTar:
+      return fail(ErrorCode::kUnsupported,
+                  "PyTorch's pre-1.6 tar checkpoint format is not accepted; re-save the model with a current "
+                  "PyTorch (" + detection->reason + ")");
+    default:
+      return fail(ErrorCode::kUnsupported, "not a model format zoogate can rebuild: " + detection->reason);
+  }
+  ZG_TRY(status);
+  report_.output_size = raw_output.position();
+  report_.output_sha256 = output.finish();
+  return {};
+}
+
+Status Sanitizer::sanitize_zip(HashingSink& output) {
+  auto directory = read_zip_directory(input_, ZipLimits::from(policy_.limits));
+  if (!directory) return tl::unexpected(directory.error());
+  for (const auto& entry : directory->entries()) {
+    std::string_view relative = std::string_view(entry.name).substr(directory->top_folder().size() + 1);
+    if (is_torchscript_entry(relative)) {
+      report_.container = "torchscript";
+      return fail(ErrorCode::kUnsupported,
+                  "TorchScript archives hold code (entry " + entry.name +
+                      ") and are never accepted; export the weights with torch.save(model.state_dict())");
+    }
+  }
+  if (!directory->find(directory->top_folder() + "/data.pkl")) {
+    return fail(ErrorCode::kUnsupported, "zip archive without " + directory->top_folder() +
+                                             "/data.pkl is not a PyTorch checkpoint");
+  }
+  report_.container = "torch-zip";
+  return sanitize_torch_archive(*directory, output);
+}
+
+Result<std::vector<StorageRecord>> Sanitizer::collect_storages(
+    ValueTree& tree, const std::function<Result<RecordSource>(const StorageRefValue&)>& locate) {
+  std::vector<StorageRecord> storages;
+  for (NodeId id : reachable_nodes(tree)) {
+    auto* storage = std::get_if<StorageRefValue>(&tree.at(id));
+    if (!storage) continue;
+    auto expected_size = checked_mul(storage->numel, storage_element_size(storage->type));
+    if (!expected_size) return fail(ErrorCode::kParse, "storage " + storage->key + " size overflows");
+    auto source = locate(*storage);
+    if (!source) return tl::unexpected(source.error());
+    if (source->size != *expected_size) {
+      return fail(ErrorCode::kParse, "storage " + storage->key + " holds " + std::to_string(source->size) +
+                                         " bytes but its " + std::to_string(storage->numel) + " " +
+                                         storage_type_name(storage->type) + " elements need " +
+                                         std::to_string(*expected_size));
+    }
+    storages.push_back(StorageRecord{id, *source});
+  }
+  return storages;
+}
+
+Status Sanitizer::sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output) {
+  Stopwatch parse_time;
+  const std::string prefix = directory.top_folder() + "/";
+  const ZipEntry* pickle_entry = directory.find(prefix + "data.pkl");
+  if (pickle_entry->size > policy_.limits.max_pickle_size) {
+    return fail(ErrorCode::kLimitExceeded, prefix + "data.pkl is " + std::to_string(pickle_entry->size) +
+                                               " bytes, above max_pickle_size " +
+                                               std::to_string(policy_.limits.max_pickle_size));
+  }
+  // The pickle is small next to the storages and is parsed from memory; CRC checked on the way in.
+  std::vector<uint8_t> pickle_bytes(pickle_entry->size);
+  {
+    auto stream = ZipEntryStream::open(input_, *pickle_entry);
+    if (!stream) return tl::unexpected(stream.error());
+    size_t filled = 0;
+    while (true) {
+      auto got = stream->read(std::span(pickle_bytes).subspan(filled));
+      if (!got) return tl::unexpected(got.error());
+      if (*got == 0 && (filled == pickle_bytes.size())) break;
+      filled += *got;
+    }
+  }
+  MemorySource pickle_source(pickle_bytes);
+  TorchCheckpoint checkpoint;
+  auto parsed = parse(pickle_source, PersistentIdMode::kTorchArchive, prefix + "data.pkl");
+  if (!parsed) return tl::unexpected(parsed.error());
+  checkpoint.pickle = std::move(*parsed);
+
+  std::set<std::string, std::less<>> referenced;
+  auto storages = collect_storages(checkpoint.pickle.tree, [&](const StorageRefValue& storage)
+                                                               -> Result<RecordSource> {
+    std::string name = prefix + "data/" + storage.key;
+    const ZipEntry* entry = directory.find(name);
+    if (!entry) return fail(ErrorCode::kParse, "the pickle references storage " + name + ", which is missing");
+    referenced.insert(name);
+    return RecordSource{entry, entry->data_offset, entry->size};
+  });
+  if (!storages) return tl::unexpected(storages.error());
+  checkpoint.storages = std::move(*storages);
+
+  // Every entry must be accounted for: data.pkl, a referenced storage, or a known metadata record.
+  for (const auto& entry : directory.entries()) {
+    std::string_view relative = std::string_view(entry.name).substr(prefix.size());
+    if (relative == "data.pkl" || referenced.contains(entry.name)) continue;
+    if (kTorchMetadataRecords.contains(relative)) {
+      if (entry.size > 64) return fail(ErrorCode::kParse, "metadata record " + entry.name + " is too large");
+      continue;
+    }
+    return fail(ErrorCode::kForbidden, "entry " + entry.name +
+                                           " is neither the pickle, a storage it references, nor a known "
+                                           "metadata record");
+  }
+  if (const ZipEntry* byteorder = directory.find(prefix + "byteorder")) {
+    auto content = input_.read_vector(byteorder->data_offset, static_cast<size_t>(byteorder->compressed_size));
+    if (!content) return tl::unexpected(content.error());
+    if (byteorder->method != 0 || std::string(content->begin(), content->end()) != "little") {
+      return fail(ErrorCode::kUnsupported, "only little-endian PyTorch archives are accepted");
+    }
+  }
+  report_.parse_seconds = parse_time.seconds();
+  return options_.format == OutputFormat::kSafetensors ? write_safetensors_from(checkpoint, output)
+                                                       : write_torch_archive(checkpoint, output);
+}
+
+Status Sanitizer::sanitize_legacy(HashingSink& output) {
+  Stopwatch parse_time;
+  report_.container = "torch-legacy";
+  uint64_t offset = 0;
+  // Each part of the legacy stream is a pickle of its own, parsed one after the other.
+  auto next_part = [&](PersistentIdMode mode, const char* what) -> Result<PickleParse> {
+    SubSource rest(input_, offset, input_.size() - offset);
+    auto part = parse(rest, mode, std::string("legacy ") + what, /*allow_trailing_bytes=*/true);
+    if (!part) {
+      Error error = part.error();
+      if (error.offset) *error.offset += offset;
+      return tl::unexpected(error);
+    }
+    offset += part->end_offset;
+    return part;
+  };
+  // The header parts are fixed data; anything callable in them is an attack, never a model.
+  auto plain_part = [&](const char* what) -> Result<PickleParse> {
+    uint64_t start = offset;
+    auto part = next_part(PersistentIdMode::kNone, what);
+    if (part && (!part->findings.empty() || !part->globals_seen.empty())) {
+      return fail(ErrorCode::kForbidden, std::string("the legacy ") + what + " must be plain data", start);
+    }
+    return part;
+  };
+
+  auto magic = plain_part("magic number");
+  if (!magic) return tl::unexpected(magic.error());
+  const auto* magic_value = std::get_if<IntValue>(&magic->tree.at(magic->tree.root));
+  if (!magic_value || magic_value->big != kLegacyMagicLittleEndian) {
+    return fail(ErrorCode::kParse, "the first pickle is not PyTorch's legacy magic number", 0);
+  }
+  auto version = plain_part("protocol version");
+  if (!version) return tl::unexpected(version.error());
+  const auto* version_value = std::get_if<IntValue>(&version->tree.at(version->tree.root));
+  if (!version_value || !version_value->big.empty() || version_value->small != kLegacyProtocolVersion) {
+    return fail(ErrorCode::kUnsupported, "unknown legacy protocol version");
+  }
+  auto system_info = plain_part("system info");
+  if (!system_info) return tl::unexpected(system_info.error());
+  const ValueTree& info_tree = system_info->tree;
+  const auto* info = std::get_if<DictValue>(&info_tree.at(info_tree.root));
+  if (!info) return fail(ErrorCode::kParse, "legacy system info is not a dict");
+  for (const auto& [key, item] : info->items) {
+    const auto* name = std::get_if<StrValue>(&info_tree.at(key));
+    if (!name || name->utf8 != "little_endian") continue;
+    const bool* little_endian = std::get_if<bool>(&info_tree.at(item));
+    if (!little_endian || !*little_endian) {
+      return fail(ErrorCode::kUnsupported, "only little-endian legacy checkpoints are accepted");
+    }
+  }
+
+  TorchCheckpoint checkpoint;
+  auto main_pickle = next_part(PersistentIdMode::kTorchLegacy, "main pickle");
+  if (!main_pickle) return tl::unexpected(main_pickle.error());
+  checkpoint.pickle = std::move(*main_pickle);
+
+  auto key_list = plain_part("storage key list");
+  if (!key_list) return tl::unexpected(key_list.error());
+  const auto* keys = std::get_if<ListValue>(&key_list->tree.at(key_list->tree.root));
+  if (!keys) return fail(ErrorCode::kParse, "legacy storage key list is not a list", offset);
+
+  // The raw storages follow in key-list order, each an int64 element count and then the bytes; the
+  // element size comes from the storage reference in the main pickle.
+  std::map<std::string, const StorageRefValue*, std::less<>> referenced;
+  for (NodeId id : reachable_nodes(checkpoint.pickle.tree)) {
+    if (const auto* storage = std::get_if<StorageRefValue>(&checkpoint.pickle.tree.at(id))) {
+      referenced.emplace(storage->key, storage);
+    }
+  }
+  std::map<std::string, RecordSource, std::less<>> located;
+  for (NodeId key_node : keys->items) {
+    const auto* key = std::get_if<StrValue>(&key_list->tree.at(key_node));
+    if (!key) return fail(ErrorCode::kParse, "legacy storage key is not a str", offset);
+    auto storage = referenced.find(key->utf8);
+    if (storage == referenced.end()) {
+      return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " is not referenced by the pickle", offset);
+    }
+    uint8_t count_bytes[8];
+    ZG_TRY(input_.read_at(offset, count_bytes));
+    uint64_t count = 0;
+    for (int i = 7; i >= 0; --i) count = count << 8 | count_bytes[i];
+    if (count != storage->second->numel) {
+      return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " holds " + std::to_string(count) +
+                                         " elements, the pickle says " + std::to_string(storage->second->numel),
+                  offset);
+    }
+    auto size = checked_mul(count, storage_element_size(storage->second->type));
+    auto end = size ? checked_add(offset + 8, *size) : std::nullopt;
+    if (!end || *end > input_.size()) return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " is truncated", offset);
+    if (!located.emplace(key->utf8, RecordSource{nullptr, offset + 8, *size}).second) {
+      return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " appears twice", offset);
+    }
+    offset = *end;
+  }
+  if (offset != input_.size()) {
+    return fail(ErrorCode::kParse, "unexpected bytes after the last legacy storage", offset);
+  }
+  auto storages = collect_storages(checkpoint.pickle.tree, [&](const StorageRefValue& storage)
+                                                               -> Result<RecordSource> {
+    auto found = located.find(storage.key);
+    if (found == located.end()) {
+      return fail(ErrorCode::kParse, "legacy storage " + storage.key + " has no data");
+    }
+    return found->second;
+  });
+  if (!storages) return tl::unexpected(storages.error());
+  checkpoint.storages = std::move(*storages);
+  report_.parse_seconds = parse_time.seconds();
+  return options_.format == OutputFormat::kSafetensors ? write_safetensors_from(checkpoint, output)
+                                                       : write_torch_archive(checkpoint, output);
+}
+
+Status Sanitizer::sanitize_plain_pickle(HashingSink& output) {
+  Stopwatch parse_time;
+  if (input_.size() > policy_.limits.max_pickle_size) {
+    return fail(ErrorCode::kLimitExceeded, "pickle is " + std::to_string(input_.size()) +
+                                               " bytes, above max_pickle_size " +
+                                               std::to_string(policy_.limits.max_pickle_size));
+  }
+  auto parsed = parse(input_, PersistentIdMode::kNone, "pickle");
+  if (!parsed) return tl::unexpected(parsed.error());
+  report_.parse_seconds = parse_time.seconds();
+  if (options_.format == OutputFormat::kSafetensors) {
+    return fail(ErrorCode::kUnsupported, "a plain pickle holds no PyTorch tensors to convert to safetensors");
+  }
+  Stopwatch write_time;
+  report_.output_format = "pickle";
+  PickleWriteOptions write_options;
+  write_options.persistent_ids = PersistentIdStyle::kNone;
+  write_options.seed = options_.layout_seed;
+  ZG_TRY(write_pickle(parsed->tree, write_options, output));
+  report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSink& sink) {
+  Sha256 hash;
+  auto deliver = [&](size_t count) -> Status {
+    std::span<const uint8_t> chunk(buffer_.data(), count);
+    hash.update(chunk);
+    return sink.write(chunk);
+  };
+  if (source.entry) {
+    auto stream = ZipEntryStream::open(input_, *source.entry);
+    if (!stream) return tl::unexpected(stream.error());
+    while (true) {
+      auto got = stream->read(buffer_);
+      if (!got) return tl::unexpected(got.error());
+      if (*got == 0) break;
+      ZG_TRY(deliver(*got));
+    }
+  } else {
+    for (uint64_t done = 0; done < source.size;) {
+      size_t take = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), source.size - done));
+      ZG_TRY(input_.read_at(source.offset + done, std::span(buffer_.data(), take)));
+      ZG_TRY(deliver(take));
+      done += take;
+    }
+  }
+  return hash.finish();
+}
+
+Status Sanitizer::write_small_entry(ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes) {
+  ZG_TRY(zip.begin_entry(name, bytes.size()));
+  ZG_TRY(zip.write(bytes));
+  ZG_TRY(zip.end_entry());
+  add_record(name, bytes.size(), Sha256::of(bytes));
+  return {};
+}
+
+Status Sanitizer::write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output) {
+  Stopwatch write_time;
+  report_.output_format = "torch-zip";
+  ValueTree& tree = checkpoint.pickle.tree;
+  // Record names are regenerated: storages are numbered in first-reference order, like torch.save.
+  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
+    std::get<StorageRefValue>(tree.at(checkpoint.storages[i].node)).key = std::to_string(i);
+  }
+  MemorySink pickle_bytes;
+  PickleWriteOptions write_options;
+  write_options.persistent_ids = PersistentIdStyle::kTorchArchive;
+  write_options.seed = options_.layout_seed;
+  ZG_TRY(write_pickle(tree, write_options, pickle_bytes));
+
+  const std::string folder(kCanonicalArchiveFolder);
+  ZipWriter zip(output);
+  ZG_TRY(write_small_entry(zip, folder + "/data.pkl", pickle_bytes.bytes()));
+  ZG_TRY(write_small_entry(zip, folder + "/byteorder", as_bytes("little")));
+  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
+    const RecordSource& source = checkpoint.storages[i].source;
+    std::string name = folder + "/data/" + std::to_string(i);
+    // An archive entry's CRC is verified by the stream that reads it, so the writer can reuse it.
+    std::optional<uint32_t> known_crc;
+    if (source.entry) known_crc = source.entry->crc32;
+    ZG_TRY(zip.begin_entry(name, source.size, known_crc));
+    ZipEntrySink entry_sink(zip);
+    auto digest = copy_record(source, entry_sink);
+    if (!digest) return tl::unexpected(digest.error());
+    ZG_TRY(zip.end_entry());
+    add_record(std::move(name), source.size, *digest);
+  }
+  ZG_TRY(write_small_entry(zip, folder + "/version", as_bytes("3\n")));
+  ZG_TRY(zip.finish());
+  report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+// Presents a strided view of a storage as the contiguous C-order bytes of the tensor, so that writers
+// that take a contiguous byte range can copy non-contiguous tensors without materialising them.
+class StridedViewSource final : public ByteSource {
+ public:
+  StridedViewSource(const ByteSource& storage, uint64_t element_size, const TensorValue& tensor)
+      : storage_(storage), element_size_(element_size), sizes_(tensor.sizes), strides_(tensor.strides),
+        storage_offset_(tensor.storage_offset) {
+    elements_ = 1;
+    for (int64_t size : sizes_) elements_ *= static_cast<uint64_t>(size);
+  }
+  uint64_t size() const override { return elements_ * element_size_; }
+
+  Status read_at(uint64_t offset, std::span<uint8_t> out) const override {
+    if (!range_fits(offset, out.size(), size()) || offset % element_size_ || out.size() % element_size_) {
+      return fail(ErrorCode::kInternal, "unaligned read of a strided tensor view", offset);
+    }
+    for (uint64_t element = offset / element_size_, done = 0; done < out.size(); ++element) {
+      // Turn the C-order element number into the storage element it names.
+      uint64_t remainder = element;
+      uint64_t position = storage_offset_;
+      for (size_t dim = sizes_.size(); dim-- > 0;) {
+        uint64_t size = static_cast<uint64_t>(sizes_[dim]);
+        position += (remainder % size) * static_cast<uint64_t>(strides_[dim]);
+        remainder /= size;
+      }
+      ZG_TRY(storage_.read_at(position * element_size_, out.subspan(done, element_size_)));
+      done += element_size_;
+    }
+    return {};
+  }
+
+ private:
+  const ByteSource& storage_;
+  uint64_t element_size_;
+  std::vector<int64_t> sizes_;
+  std::vector<int64_t> strides_;
+  uint64_t storage_offset_;
+  uint64_t elements_ = 1;
+};
+
+bool is_c_contiguous(const TensorValue& tensor) {
+  int64_t expected = 1;
+  for (size_t dim = tensor.sizes.size(); dim-- > 0;) {
+    if (tensor.sizes[dim] != 1 && tensor.strides[dim] != expected) return false;
+    expected *= tensor.sizes[dim];
+  }
+  return true;
+}
+
+std::optional<SafetensorsDtype> safetensors_dtype_for(StorageType type) {
+  switch (type) {
+    case StorageType::kFloat: return SafetensorsDtype::kF32;
+    case StorageType::kDouble: return SafetensorsDtype::kF64;
+    case StorageType::kHalf: return SafetensorsDtype::kF16;
+    case StorageType::kBFloat16: return SafetensorsDtype::kBF16;
+    case StorageType::kComplexFloat: return SafetensorsDtype::kC64;
+    case StorageType::kByte: return SafetensorsDtype::kU8;
+    case StorageType::kChar: return SafetensorsDtype::kI8;
+    case StorageType::kShort: return SafetensorsDtype::kI16;
+    case StorageType::kInt: return SafetensorsDtype::kI32;
+    case StorageType::kLong: return SafetensorsDtype::kI64;
+    case StorageType::kBool: return SafetensorsDtype::kBool;
+    default: return std::nullopt;  // complex128 and quantized types have no safetensors dtype
+  }
+}
+
+Status Sanitizer::write_safetensors_from(const TorchCheckpoint& checkpoint, HashingSink& output) {
+  Stopwatch write_time;
+  report_.output_format = "safetensors";
+  const ValueTree& tree = checkpoint.pickle.tree;
+  std::unordered_map<NodeId, const RecordSource*> sources;
+  for (const auto& storage : checkpoint.storages) sources.emplace(storage.node, &storage.source);
+
+  // safetensors reads tensors at random offsets, so archive CRCs are checked in a pass of their own.
+  for (const auto& storage : checkpoint.storages) {
+    if (!storage.source.entry) continue;
+    if (storage.source.entry->method != 0) {
+      return fail(ErrorCode::kUnsupported, "compressed storage " + storage.source.entry->name +
+                                               " cannot be converted to safetensors; use --format torch");
+    }
+    DiscardSink discard;
+    auto digest = copy_record(storage.source, discard);
+    if (!digest) return tl::unexpected(digest.error());
+  }
+
+  std::vector<std::unique_ptr<ByteSource>> owned_sources;
+  std::vector<SafetensorsTensorSpec> specs;
+  std::unordered_map<NodeId, std::string> first_user;  // storage node -> first tensor name using it
+  // Walks nested dicts of tensors ("state_dict" -> {...}), naming tensors by their joined keys.
+  std::vector<std::pair<NodeId, std::string>> pending = {{tree.root, ""}};
+  auto items_of = [&](NodeId id) -> const std::vector<std::pair<NodeId, NodeId>>* {
+    if (const auto* dict = std::get_if<DictValue>(&tree.at(id))) return &dict->items;
+    if (const auto* ordered = std::get_if<OrderedDictValue>(&tree.at(id))) return &ordered->items;
+    return nullptr;
+  };
+  if (!items_of(tree.root)) {
+    return fail(ErrorCode::kUnsupported, "the checkpoint is not a dict of tensors; use --format torch");
+  }
+  while (!pending.empty()) {
+    auto [id, prefix] = pending.back();
+    pending.pop_back();
+    const auto* items = items_of(id);
+    for (auto it = items->rbegin(); it != items->rend(); ++it) {
+      const auto* key = std::get_if<StrValue>(&tree.at(it->first));
+      if (!key) {
+        report_.notes.push_back("dropped an entry of " + (prefix.empty() ? std::string("the root") : prefix) +
+                                " whose key is not a string");
+        continue;
+      }
+      std::string name = prefix.empty() ? key->utf8 : prefix + "." + key->utf8;
+      NodeId value = it->second;
+      if (const auto* parameter = std::get_if<ParameterValue>(&tree.at(value))) value = parameter->tensor;
+      if (items_of(value)) {
+        pending.emplace_back(value, name);
+        continue;
+      }
+      const auto* tensor = std::get_if<TensorValue>(&tree.at(value));
+      if (!tensor) {
+        report_.notes.push_back("dropped non-tensor value " + name + " (safetensors holds tensors only)");
+        continue;
+      }
+      const auto& storage = std::get<StorageRefValue>(tree.at(tensor->storage));
+      auto dtype = safetensors_dtype_for(storage.type);
+      if (!dtype) {
+        report_.notes.push_back("dropped tensor " + name + ": safetensors has no dtype for " +
+                                storage_type_name(storage.type));
+        continue;
+      }
+      auto [user, first] = first_user.emplace(tensor->storage, name);
+      if (!first) {
+        report_.notes.push_back("tensor " + name + " shared its storage with " + user->second +
+                                "; safetensors cannot express sharing, so it is written as a copy");
+      }
+      const RecordSource& record = *sources.at(tensor->storage);
+      uint64_t element_size = storage_element_size(storage.type);
+      owned_sources.push_back(std::make_unique<SubSource>(input_, record.offset, record.size));
+      SafetensorsTensorSpec spec;
+      spec.name = name;
+      spec.dtype = *dtype;
+      for (int64_t size : tensor->sizes) spec.shape.push_back(static_cast<uint64_t>(size));
+      if (is_c_contiguous(*tensor)) {
+        spec.source = owned_sources.back().get();
+        spec.source_offset = tensor->storage_offset * element_size;
+      } else {
+        owned_sources.push_back(std::make_unique<StridedViewSource>(*owned_sources.back(), element_size, *tensor));
+        spec.source = owned_sources.back().get();
+      }
+      specs.push_back(std::move(spec));
+    }
+  }
+  ZG_TRY(write_safetensors(specs, SafetensorsMetadata{{"format", "pt"}}, output));
+  report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+Status Sanitizer::sanitize_npy(HashingSink& output) {
+  Stopwatch parse_time;
+  report_.container = "npy";
+  auto file = parse_npy_header(input_, NpyLimits{policy_.limits.max_npy_header_size});
+  if (!file) return tl::unexpected(file.error());
+  report_.parse_seconds = parse_time.seconds();
+  if (options_.format == OutputFormat::kSafetensors) {
+    return fail(ErrorCode::kUnsupported, "convert .npy files with numpy; --format safetensors takes PyTorch files");
+  }
+  Stopwatch write_time;
+  report_.output_format = "npy";
+  ZG_TRY(write_npy_header(file->header, output));
+  auto digest = copy_record(RecordSource{nullptr, file->data_offset, file->data_size}, output);
+  if (!digest) return tl::unexpected(digest.error());
+  add_record("data", file->data_size, *digest);
+  report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+Status Sanitizer::sanitize_safetensors(HashingSink& output) {
+  Stopwatch parse_time;
+  report_.container = "safetensors";
+  SafetensorsLimits limits;
+  limits.max_header_size = policy_.limits.max_safetensors_header_size;
+  limits.max_tensor_count = policy_.limits.max_tensor_count;
+  auto header = parse_safetensors_header(input_, limits);
+  if (!header) return tl::unexpected(header.error());
+  report_.parse_seconds = parse_time.seconds();
+  Stopwatch write_time;
+  report_.output_format = "safetensors";
+  std::vector<SafetensorsTensorSpec> specs;
+  for (const auto& tensor : header->tensors) {
+    specs.push_back(SafetensorsTensorSpec{tensor.name, tensor.dtype, tensor.shape, &input_,
+                                          header->data_offset() + tensor.begin});
+  }
+  ZG_TRY(write_safetensors(specs, header->metadata, output));
+  report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+}  // namespace
+
+SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                        ByteSink& output) {
+  SanitizeReport report;
+  report.input_size = input.size();
+  // The input digest is computed on a second thread while the engine works on the first.
+  auto input_digest = std::async(std::launch::async, [&input] { return Sha256::of_range(input, 0, input.size()); });
+  Sanitizer sanitizer(input, policy, options, report);
+  Status status = sanitizer.run(output);
+  auto digest = input_digest.get();
+  if (digest) {
+    report.input_sha256 = *digest;
+  } else if (status) {
+    status = tl::unexpected(digest.error());
+  }
+  if (status) {
+    report.verdict = report.findings.empty() ? Verdict::kClean : Verdict::kDisarmed;
+    return report;
+  }
+  report.verdict = Verdict::kBlocked;
+  report.error = status.error();
+  report.output_format.clear();
+  report.output_size = 0;
+  report.output_sha256 = {};
+  report.records.clear();
+  report.notes.clear();
+  return report;
+}
+
+}  // namespace zoogate::cdr

@@ -1,0 +1,69 @@
+// Content disarm and reconstruction of one model file: the CDR engine's entry point.
+//
+// sanitize() identifies the input by its bytes, parses every part of it with zoogate's own strict
+// parsers (pickle VM, zip reader, legacy reader, npy and safetensors headers), keeps only what the
+// policy's allowlist can express and writes a brand-new file of the same kind to `output`: pickles are
+// re-emitted by the canonical writer, containers are rebuilt from scratch, and tensor storages are
+// streamed across as plain bytes (hashed on the way, never held whole in memory).
+//
+// On a blocked verdict the sink has received partial bytes that the caller must discard (an
+// AtomicFileSink that is not committed does exactly that). Pure: no sockets, no YAML, no metrics;
+// safe to run concurrently on different inputs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cdr/policy.h"
+#include "common/byte_sink.h"
+#include "common/byte_source.h"
+#include "common/error.h"
+#include "common/sha256.h"
+
+namespace zoogate::cdr {
+
+enum class Verdict { kClean, kDisarmed, kBlocked };
+std::string_view to_string(Verdict verdict);
+
+enum class OutputFormat {
+  kNative,       // the input's own kind (legacy PyTorch files become current PyTorch zips)
+  kSafetensors,  // tensors only, for checkpoints whose content safetensors can express
+};
+
+struct SanitizeOptions {
+  OutputFormat format = OutputFormat::kNative;
+  // Seed of the layout variation (archive folder name, record names and order, memo numbering);
+  // 0 gives the canonical layout.
+  uint64_t layout_seed = 0;
+};
+
+// One record of the written file: a tensor storage, a pickle, or a metadata record.
+struct RecordDigest {
+  std::string name;
+  uint64_t size = 0;
+  Sha256::Digest sha256{};
+};
+
+struct SanitizeReport {
+  Verdict verdict = Verdict::kBlocked;
+  std::string container;                 // what the input turned out to be ("torch-zip", "pickle", ...)
+  std::vector<GlobalName> globals;       // every global the input named, allowed or not
+  std::vector<Finding> findings;         // what was disarmed (and, when blocked by policy, why)
+  std::vector<std::string> notes;        // what the conversion dropped or changed, in words
+  std::optional<Error> error;            // set exactly when the verdict is blocked
+  uint64_t input_size = 0;
+  Sha256::Digest input_sha256{};
+  std::string output_format;             // empty when nothing was written
+  uint64_t output_size = 0;
+  Sha256::Digest output_sha256{};
+  std::vector<RecordDigest> records;     // in output order
+  double parse_seconds = 0;
+  double write_seconds = 0;
+};
+
+SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                        ByteSink& output);
+
+}  // namespace zoogate::cdr
