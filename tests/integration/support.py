@@ -43,7 +43,13 @@ def run_generator(script, *args):
 
 
 def run_zoogate(*args):
-    return subprocess.run([zoogate_bin(), *args], capture_output=True, timeout=ZOOGATE_TIMEOUT_SECONDS)
+    """(exit code, stderr text) of one zoogate run; exit code None when it had to be killed."""
+    try:
+        completed = subprocess.run([zoogate_bin(), *args], capture_output=True,
+                                   timeout=ZOOGATE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return None, f"killed after {ZOOGATE_TIMEOUT_SECONDS} s"
+    return completed.returncode, completed.stderr.decode(errors="replace")
 
 
 class Sanitized:
@@ -51,9 +57,8 @@ class Sanitized:
 
     def __init__(self, source, output, report_path):
         self.output = output
-        completed = run_zoogate("sanitize", source, "-o", output, "--json", "--report", report_path)
-        self.returncode = completed.returncode
-        self.stderr = completed.stderr.decode(errors="replace")
+        self.returncode, self.stderr = run_zoogate("sanitize", source, "-o", output, "--json",
+                                                   "--report", report_path)
         self.report = None
         self.report_error = None
         try:
@@ -67,7 +72,7 @@ class Sanitized:
 
 
 def scan_exit_code(source):
-    return run_zoogate("scan", source, "--json").returncode
+    return run_zoogate("scan", source, "--json")[0]
 
 
 def run_naive_loader(jobs, workdir):

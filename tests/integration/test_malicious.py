@@ -139,10 +139,10 @@ class MaliciousChecks:
             self.assertTrue(finding.get("reason") and finding.get("construct"), finding)
         self.assertEqual(2, outcome.scan_exit, "scan must agree with sanitize")
         self.assertTrue(os.path.isfile(output))
+        self.check_naive_load(outcome)
         marker = outcome.meta["marker"].encode()
         self.assertFalse(any(marker in blob for blob in contents_of(output)),
                          "the payload's bytes are still in the output")
-        self.check_naive_load(outcome)
 
     def check_naive_load(self, outcome):
         meta, result = outcome.meta, outcome.naive
