@@ -107,6 +107,13 @@ tl::unexpected<Error> invalid_node(NodeId id, const Value& value, std::string_vi
                                                kKindNames[value.index()] + "): " + std::string(problem));
 }
 
+// None, True, False and () are singletons in Python: writing one again gives the same object, so
+// they are written out at every reference instead of being memoized.
+bool is_python_singleton(const Value& value) {
+  if (const auto* tuple = std::get_if<TupleValue>(&value)) return tuple->items.empty();
+  return std::holds_alternative<NoneValue>(value) || std::holds_alternative<bool>(value);
+}
+
 // True when `text` is well-formed UTF-8 (shortest forms only, nothing above U+10FFFF) that may encode
 // surrogates (U+D800-U+DFFF) only when `allow_surrogates`: the unpickler decodes BINUNICODE with
 // Python's "surrogatepass" handler and GLOBAL names strictly.
@@ -453,7 +460,8 @@ class PickleWriter {
 
  private:
   struct NodeState {
-    uint8_t references = 0;  // 0, 1, or 2 for "more than once" (the root's own reference counts)
+    uint8_t references = 0;  // 0, 1, or 2 for "more than once" (the root's own reference counts;
+                             // Python singletons never count more than once)
     bool started = false;    // writing began
     bool created = false;    // the object exists on the unpickler's stack and can be memoized
     uint32_t memo = kNoMemo;
@@ -488,8 +496,10 @@ class PickleWriter {
         if (references == 0) {
           pending.push_back(child);
           ++reachable;
+          references = 1;
+        } else if (!is_python_singleton(tree_.nodes[child])) {
+          references = 2;
         }
-        references = static_cast<uint8_t>(std::min(references + 1, 2));
       });
       if (out_of_range) return invalid_node(id, tree_.nodes[id], "refers to a node id out of range");
       ZG_TRY(check_child_kinds(id));
@@ -542,7 +552,7 @@ class PickleWriter {
       return {};
     }
     const Value& node = tree_.nodes[task.id];
-    if (state.started) {
+    if (state.started && !is_python_singleton(node)) {
       if (!state.created) {
         return fail(ErrorCode::kUnsupported,
                     "pickle writer: a reference cycle leads back to node " + std::to_string(task.id) + " (" +

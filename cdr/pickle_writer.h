@@ -11,7 +11,8 @@
 // the result: see the table in pickle_writer.cc.
 //
 // Identity: a node reachable more than once is written once, stored in the memo, and fetched again for
-// every later reference, so sharing (storages shared by tensor views included) survives. Lists, dicts,
+// every later reference, so sharing (storages shared by tensor views included) survives. None, True,
+// False and () are Python singletons and are simply written again. Lists, dicts,
 // OrderedDicts and Namespaces are created empty and memoized before their contents, so reference cycles
 // through them are written; a cycle that reaches a tuple, set, tensor or any other node that the
 // unpickler can only create after its contents cannot be expressed and is a kUnsupported error.

@@ -131,6 +131,18 @@ TEST(PickleWriter, SharedNodesAreMemoizedOnceInFirstUseOrder) {
   expect_python_loads(pickle, "assert value == ('ab', [], 'ab', [])\nassert value[0] is value[2] and value[1] is value[3]");
 }
 
+TEST(PickleWriter, PythonSingletonsAreWrittenAgainInsteadOfMemoized) {
+  ValueTree tree;
+  NodeId none = tree.add(NoneValue{});
+  NodeId truth = tree.add(true);
+  NodeId empty = tuple(tree, {});
+  NodeId root = list(tree, {none, truth, empty, none, truth, empty});
+  const std::string pickle = write(rooted(tree, root));
+  EXPECT_EQ(pickle, kHeader + kEmptyList + kMark + op('N') + op(0x88) + kEmptyTuple + op('N') + op(0x88) +
+                        kEmptyTuple + kAppends + kStop);
+  expect_python_loads(pickle, "assert value == [None, True, (), None, True, ()] and value[2] is value[5]");
+}
+
 TEST(PickleWriter, CyclesThroughListsAndDictsAreWritten) {
   ValueTree tree;
   NodeId outer = list(tree, {});
