@@ -17,7 +17,8 @@ import torch
 
 TENSOR_GLOBALS = {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"}
 BYTES_GLOBALS = {"_codecs.encode", "builtins.bytes"}  # protocol 2 writes bytes as encode(str)
-NUMPY_ARRAY_GLOBALS = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+NUMPY_ARRAY_GLOBALS = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+                       "numpy.core.numeric._frombuffer"}  # the protocol-5 spelling
 NUMPY_SCALAR_GLOBALS = {"numpy.core.multiarray.scalar", "numpy.dtype"}
 STORAGE_NAMES = torch.storage._dtype_to_storage_type_map()
 
