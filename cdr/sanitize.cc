@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
@@ -584,7 +585,7 @@ Status Sanitizer::write_safetensors_from(const TorchCheckpoint& checkpoint, Hash
   std::vector<SafetensorsTensorSpec> specs;
   std::unordered_map<NodeId, std::string> first_user;  // storage node -> first tensor name using it
   // Walks nested dicts of tensors ("state_dict" -> {...}), naming tensors by their joined keys.
-  std::vector<std::pair<NodeId, std::string>> pending = {{tree.root, ""}};
+  std::deque<std::pair<NodeId, std::string>> pending = {{tree.root, ""}};
   auto items_of = [&](NodeId id) -> const std::vector<std::pair<NodeId, NodeId>>* {
     if (const auto* dict = std::get_if<DictValue>(&tree.at(id))) return &dict->items;
     if (const auto* ordered = std::get_if<OrderedDictValue>(&tree.at(id))) return &ordered->items;
@@ -594,10 +595,10 @@ Status Sanitizer::write_safetensors_from(const TorchCheckpoint& checkpoint, Hash
     return fail(ErrorCode::kUnsupported, "the checkpoint is not a dict of tensors; use --format torch");
   }
   while (!pending.empty()) {
-    auto [id, prefix] = pending.back();
-    pending.pop_back();
+    auto [id, prefix] = pending.front();
+    pending.pop_front();
     const auto* items = items_of(id);
-    for (auto it = items->rbegin(); it != items->rend(); ++it) {
+    for (auto it = items->begin(); it != items->end(); ++it) {
       const auto* key = std::get_if<StrValue>(&tree.at(it->first));
       if (!key) {
         report_.notes.push_back("dropped an entry of " + (prefix.empty() ? std::string("the root") : prefix) +
