@@ -1,0 +1,240 @@
+// Internals of parse_pickle() (private to cdr/): the reader, the machine state and the opcode and
+// allowlist handlers, split over pickle_vm.cc (opcodes, stack, memo, containers, result) and
+// pickle_calls.cc (GLOBAL resolution, REDUCE/NEWOBJ/BUILD against the allowlist, persistent ids).
+//
+// Stack items and memo values are node ids. kPoison stands for a disarmed construct: it propagates
+// through tuples, calls, BUILD, persistent ids and the memo, and is dropped when it would enter a list,
+// dict, set, OrderedDict or Namespace. Nodes flagged kNotValue (callables, call arguments, objects
+// still waiting for their BUILD) may be consumed by calls but never enter the output tree.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "cdr/allowlist.h"
+#include "cdr/pickle_keys.h"
+#include "cdr/pickle_vm.h"
+#include "common/byte_source.h"
+#include "common/error.h"
+
+// Evaluates a Result-returning expression; on error returns it, otherwise moves the value into `lhs`.
+#define ZG_ASSIGN_OR_RETURN(lhs, expr) ZG_ASSIGN_OR_RETURN_IMPL(ZG_CONCAT(zg_result_, __LINE__), lhs, expr)
+#define ZG_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)      \
+  auto tmp = (expr);                                  \
+  if (!tmp) return ::tl::unexpected(std::move(tmp.error())); \
+  lhs = std::move(*tmp)
+#define ZG_CONCAT(a, b) ZG_CONCAT_IMPL(a, b)
+#define ZG_CONCAT_IMPL(a, b) a##b
+
+namespace zoogate::cdr {
+
+inline constexpr NodeId kPoison = 0xFFFFFFFF;           // a disarmed construct
+inline constexpr NodeId kNoNode = 0xFFFFFFFE;           // an empty memo slot, an unset cache entry
+inline constexpr uint64_t kMaxNodes = 0xFFFFFF00;       // node ids stay clear of the sentinels
+inline constexpr size_t kMaxBuiltinArgs = 8;            // no allowlisted callable takes more
+
+enum class Op : uint8_t {
+  kMark = '(', kStop = '.', kPop = '0', kPopMark = '1', kDup = '2', kFloat = 'F', kInt = 'I',
+  kBinInt = 'J', kBinInt1 = 'K', kLong = 'L', kBinInt2 = 'M', kNone = 'N', kPersId = 'P',
+  kBinPersId = 'Q', kReduce = 'R', kString = 'S', kBinString = 'T', kShortBinString = 'U',
+  kUnicode = 'V', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b', kGlobal = 'c', kDict = 'd',
+  kEmptyDict = '}', kAppends = 'e', kGet = 'g', kBinGet = 'h', kInst = 'i', kLongBinGet = 'j',
+  kList = 'l', kEmptyList = ']', kObj = 'o', kPut = 'p', kBinPut = 'q', kLongBinPut = 'r',
+  kSetItem = 's', kTuple = 't', kEmptyTuple = ')', kSetItems = 'u', kBinFloat = 'G',
+  kProto = 0x80, kNewObj = 0x81, kExt1 = 0x82, kExt2 = 0x83, kExt4 = 0x84, kTuple1 = 0x85,
+  kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88, kNewFalse = 0x89, kLong1 = 0x8A, kLong4 = 0x8B,
+  kBinBytes = 'B', kShortBinBytes = 'C',
+  kShortBinUnicode = 0x8C, kBinUnicode8 = 0x8D, kBinBytes8 = 0x8E, kEmptySet = 0x8F, kAddItems = 0x90,
+  kFrozenSet = 0x91, kNewObjEx = 0x92, kStackGlobal = 0x93, kMemoize = 0x94, kFrame = 0x95,
+  kByteArray8 = 0x96, kNextBuffer = 0x97, kReadOnlyBuffer = 0x98,
+};
+
+// "BINUNICODE", or "opcode 0xNN" for bytes that are no opcode.
+std::string op_name(uint8_t op);
+// The protocol that introduced the opcode (0 for unknown bytes).
+uint8_t op_protocol(uint8_t op);
+// Untrusted text for messages: control and non-ASCII bytes escaped, long text cut short.
+std::string printable(std::string_view text);
+
+// Sequential reads over a ByteSource through a refillable window (the whole input for a
+// MemorySource), so that operands never cost a read_at() each. Callers check that the bytes they ask
+// for exist (the VM knows the frame and input ends); the reader only reports I/O failures.
+class PickleReader {
+ public:
+  explicit PickleReader(const ByteSource& source);
+  uint64_t offset() const { return window_start_ + pos_; }
+  size_t buffered() const { return window_.size() - pos_; }
+  const uint8_t* data() const { return window_.data() + pos_; }
+  void skip(size_t n) { pos_ += n; }
+  // Makes the next `n` bytes addressable through data().
+  Status ensure(size_t n) { return n <= buffered() ? Status{} : refill(n); }
+  // Copies the next `n` bytes to `out`; long runs go straight from the source, not through the window.
+  Status read(size_t n, char* out);
+
+ private:
+  Status refill(size_t n);
+  const ByteSource& source_;
+  std::span<const uint8_t> window_;
+  size_t pos_ = 0;
+  uint64_t window_start_ = 0;
+  std::vector<uint8_t> buffer_;
+};
+
+enum NodeFlag : uint8_t {
+  kNotValue = 1 << 0,       // may be consumed by a call, never enter the output tree
+  kHoldsNotValue = 1 << 1,  // a tuple that held a kNotValue node when it was made
+  kAwaitingBuild = 1 << 2,  // numpy array or dtype from its constructor; its BUILD completes it
+  kBuilt = 1 << 3,          // BUILD was applied; a second one is refused
+};
+
+// Per-node bookkeeping beside ValueTree::nodes (same index).
+struct NodeMeta {
+  uint32_t depth = 0;                     // container nesting below this node
+  GlobalKind global = GlobalKind::kNone;  // what a GlobalValue node stands for
+  uint8_t flags = 0;                      // NodeFlag bits
+};
+
+// One REDUCE/NEWOBJ/INST/OBJ being checked against the allowlist entry of its callable.
+struct CallSite {
+  Op op;
+  NodeId callable;  // a GlobalValue node
+  GlobalKind kind;
+  NodeId args;      // a TupleValue node
+  std::span<const NodeId> argv;
+};
+
+class PickleMachine {
+ public:
+  PickleMachine(const ByteSource& source, const Policy& policy, const PickleParseOptions& options);
+  Result<PickleParse> run();
+
+ private:
+  // ---- pickle_vm.cc: input ----
+  Status execute(uint8_t op);
+  Status need(uint64_t n);
+  Status check_available(uint64_t n);
+  Result<uint64_t> read_uint(size_t width);
+  Result<std::string_view> read_line();
+  Result<std::string> read_text_operand(uint64_t length);
+  Result<uint64_t> read_length(size_t width, bool is_signed);
+  Status enter_frame();
+
+  // ---- pickle_vm.cc: errors and findings ----
+  tl::unexpected<Error> op_error(ErrorCode code, std::string reason) const;
+  tl::unexpected<Error> parse_error(std::string reason) const { return op_error(ErrorCode::kParse, std::move(reason)); }
+  tl::unexpected<Error> limit_error(std::string_view limit, uint64_t value, uint64_t maximum) const;
+  // A forbidden construct: with Action::kBlock the kForbidden error, with kDisarm the finding is
+  // recorded and kPoison returned for the caller to use in place of the construct.
+  Result<NodeId> forbid(FindingKind kind, std::string construct, std::string reason);
+
+  // ---- pickle_vm.cc: nodes, stack, memo ----
+  template <typename T>
+  NodeId add(T&& value, uint32_t depth = 0, uint8_t flags = 0, GlobalKind global = GlobalKind::kNone) {
+    tree_.nodes.emplace_back(std::in_place_type<std::decay_t<T>>, std::forward<T>(value));
+    meta_.push_back(NodeMeta{depth, global, flags});
+    return static_cast<NodeId>(tree_.nodes.size() - 1);
+  }
+  const Value* value_of(NodeId id) const { return id < tree_.nodes.size() ? &tree_.nodes[id] : nullptr; }
+  template <typename T>
+  const T* get(NodeId id) const {
+    const Value* value = value_of(id);
+    return value ? std::get_if<T>(value) : nullptr;
+  }
+  Status check_depth(uint64_t depth) const;
+  Result<uint32_t> depth_above(std::span<const NodeId> children) const;
+  Status deepen(NodeId container, NodeId child);
+  NodeId singleton(NodeId& cache, Value value);
+  Status push(NodeId id);
+  Result<NodeId> pop();
+  Result<NodeId*> top();
+  size_t frame_base() const { return marks_.empty() ? 0 : marks_.back(); }
+  Result<size_t> pop_mark();
+  Result<NodeId> make_tuple(std::span<const NodeId> items);
+  Status memo_put(uint64_t index);
+  Result<NodeId> memo_get(uint64_t index) const;
+
+  // ---- pickle_vm.cc: containers ----
+  Result<bool> admit(NodeId item);
+  Result<bool> key_allowed(NodeId key, std::optional<uint64_t>& hash);
+  Status dict_set(NodeId dict, NodeId key, NodeId value);
+  Status set_add(NodeId set, NodeId item);
+  Status append_items(NodeId list, std::span<const NodeId> items);
+  Status set_items(NodeId dict, std::span<const NodeId> pairs);
+  Status add_items(NodeId set, std::span<const NodeId> items);
+  Status mutate(size_t slot, std::span<const NodeId> items);
+  Result<std::optional<uint32_t>> find_key(NodeId owner, uint32_t count, NodeId key, uint64_t hash);
+  Result<PickleParse> finish();
+  void drop_unreachable(NodeId root);
+  std::string describe(NodeId id) const;
+
+  // ---- pickle_calls.cc ----
+  Result<NodeId> resolve_global(std::string_view module, std::string_view name);
+  Result<NodeId> call(Op op, NodeId callable, NodeId args);
+  Result<NodeId> bad_call(const CallSite& site, std::string reason);
+  Result<NodeId> call_builtin(const CallSite& site);
+  Result<NodeId> rebuild_tensor(const CallSite& site, std::span<const NodeId> argv, bool v1);
+  Result<NodeId> rebuild_parameter(const CallSite& site);
+  Result<NodeId> rebuild_from_type(const CallSite& site);
+  Result<NodeId> ordered_dict(const CallSite& site);
+  Result<NodeId> numpy_dtype(const CallSite& site);
+  Result<NodeId> numpy_scalar(const CallSite& site);
+  Result<NodeId> numpy_frombuffer(const CallSite& site);
+  Result<NodeId> make_set(const CallSite& site);
+  Result<NodeId> make_bytes(const CallSite& site);
+  Result<NodeId> operator_call(const CallSite& site);
+  Status build();
+  Result<NodeId> build_on(NodeId target, NodeId state);
+  Result<NodeId> build_numpy_array(NodeId target, NodeId state);
+  Result<NodeId> build_numpy_dtype(NodeId target, NodeId state);
+  Result<NodeId> build_attributes(NodeId target, NodeId state);
+  Result<NodeId> persistent_id(NodeId pid);
+  bool is_global(NodeId id, GlobalKind kind) const;
+  bool is_empty_ordered_dict(NodeId id) const;
+  bool is_complete_dtype(NodeId id) const;
+  std::optional<int64_t> small_int(NodeId id) const;
+  bool int64_items(NodeId id, std::vector<int64_t>& out) const;
+  bool str_keyed_dict(NodeId id) const;
+
+  const ByteSource& source_;
+  const Policy& policy_;
+  const Limits& limits_;
+  const PickleParseOptions& options_;
+  PickleReader reader_;
+  uint64_t end_;             // where the current frame, or else the input, ends
+  uint64_t frame_end_ = 0;
+  bool in_frame_ = false;
+  uint8_t op_ = 0;           // the opcode being executed and its offset, for errors and findings
+  uint64_t op_offset_ = 0;
+  uint64_t opcode_count_ = 0;
+  int protocol_ = 0;         // from PROTO; 0 until one is seen
+  bool saw_proto_ = false;
+  uint8_t max_op_protocol_ = 0;
+
+  ValueTree tree_;
+  std::vector<NodeMeta> meta_;
+  std::vector<NodeId> stack_;
+  std::vector<size_t> marks_;  // stack sizes at each open MARK
+  // The memo: indices near the number of entries live in a vector, others in a hash map, so memory
+  // follows the entries written, never an index the input names.
+  std::vector<NodeId> memo_dense_;
+  std::unordered_map<uint64_t, NodeId> memo_sparse_;
+  uint64_t memo_entries_ = 0;
+  NodeId none_ = kNoNode, true_ = kNoNode, false_ = kNoNode, empty_tuple_ = kNoNode;
+  std::unordered_map<std::string, NodeId> global_nodes_;     // allowed globals, one node each
+  std::unordered_set<std::string> globals_seen_keys_;
+  std::unordered_map<std::string, NodeId> storages_;         // storage key -> StorageRefValue node
+  uint64_t tensor_count_ = 0;
+  KeyOps keys_;
+  std::unordered_map<NodeId, KeyIndex> key_indexes_;         // large dicts, OrderedDicts and sets
+  uint64_t key_lookups_ = 0;                                 // indexed lookups, and the slots they examined
+  uint64_t key_probe_steps_ = 0;
+  std::vector<Finding> findings_;
+  std::vector<GlobalName> globals_seen_;
+};
+
+}  // namespace zoogate::cdr
