@@ -97,9 +97,11 @@ constexpr uint64_t kMaxInt64 = static_cast<uint64_t>(std::numeric_limits<int64_t
 
 // Names of the Value alternatives, in variant order, for error messages.
 constexpr std::array<const char*, std::variant_size_v<Value>> kKindNames = {
-    "None",  "bool",     "int",     "float",       "str",         "bytes",       "tuple",
-    "list",  "set",      "dict",    "OrderedDict", "storage reference", "tensor", "Parameter",
-    "global", "torch.Size", "numpy dtype", "numpy array", "numpy scalar", "argparse.Namespace",
+    "None",         "bool",        "int",          "float",
+    "str",          "bytes",       "tuple",        "list",
+    "set",          "dict",        "OrderedDict",  "storage reference",
+    "tensor",       "Parameter",   "global",       "torch.Size",
+    "numpy dtype",  "numpy array", "numpy scalar", "argparse.Namespace",
     "operator call"};
 
 tl::unexpected<Error> invalid_node(NodeId id, const Value& value, std::string_view problem) {
@@ -161,12 +163,12 @@ bool is_redundant_sign_byte(uint8_t last, uint8_t before_last) {
 
 // What numpy puts in a dtype's pickle, derived from its array-protocol string the way numpy does it.
 struct NumpyDtypeForm {
-  char byte_order = '|';       // the state's byte order: '<', '>', or '|' where order does not apply
-  std::string_view name;       // numpy.dtype's first argument, kind and item size: "f4", "b1", "M8"
+  char byte_order = '|';  // the state's byte order: '<', '>', or '|' where order does not apply
+  std::string_view name;  // numpy.dtype's first argument, kind and item size: "f4", "b1", "M8"
   uint64_t itemsize = 0;
-  bool is_datetime = false;    // M8/m8 carry (unit, count) metadata in a version-4 state
-  std::string_view unit;       // datetime unit, "generic" when the descr names none
-  int64_t unit_count = 1;      // "[10ms]" -> 10
+  bool is_datetime = false;  // M8/m8 carry (unit, count) metadata in a version-4 state
+  std::string_view unit;     // datetime unit, "generic" when the descr names none
+  int64_t unit_count = 1;    // "[10ms]" -> 10
 };
 
 bool is_numeric_item_size(char kind, uint64_t size) {
@@ -398,8 +400,8 @@ struct WriteItems {
   uint64_t batch_size = 0;  // size of the batch that is open or has just been written
 };
 
-using Task = std::variant<WriteNode, NodeCreated, WriteOpcode, WriteInt, WriteBool, WriteIntTuple,
-                          WriteBytes, WriteEmptyOrderedDict, WriteItems>;
+using Task = std::variant<WriteNode, NodeCreated, WriteOpcode, WriteInt, WriteBool, WriteIntTuple, WriteBytes,
+                          WriteEmptyOrderedDict, WriteItems>;
 
 bool batch_opens_with_mark(Sequence sequence, uint64_t size) {
   return sequence == Sequence::kTupleItems ? size > 3 : size > 1;
@@ -554,12 +556,12 @@ class PickleWriter {
     const Value& node = tree_.nodes[task.id];
     if (state.started && !is_python_singleton(node)) {
       if (!state.created) {
-        return fail(ErrorCode::kUnsupported,
-                    "pickle writer: a reference cycle leads back to node " + std::to_string(task.id) + " (" +
-                        kKindNames[node.index()] + "), which a pickle can only create after its contents");
+        return fail(ErrorCode::kUnsupported, "pickle writer: a reference cycle leads back to node " +
+                                                 std::to_string(task.id) + " (" + kKindNames[node.index()] +
+                                                 "), which a pickle can only create after its contents");
       }
-      return fail(ErrorCode::kInternal, "pickle writer: node " + std::to_string(task.id) +
-                                            " is referenced again but has no memo entry");
+      return fail(ErrorCode::kInternal,
+                  "pickle writer: node " + std::to_string(task.id) + " is referenced again but has no memo entry");
     }
     state.started = true;
     return std::visit([&](const auto& value) { return begin(task.id, value); }, node);
@@ -599,30 +601,57 @@ class PickleWriter {
     return {};
   }
 
-  // Writes one item per step, so that a container of any size costs one task on the stack.
+  // Writes items until one needs tasks of its own; that one is scheduled ahead of the rest of the
+  // sequence, so a container of any size costs one task on the stack, and runs of scalars cost none.
   Status run_task(const WriteItems& task) {
-    if (task.next < task.batch_end) {
-      WriteItems rest = task;
-      ++rest.next;
-      tasks_.push_back(rest);
-      if (const auto* singles = std::get_if<std::span<const NodeId>>(&task.items)) {
-        tasks_.push_back(WriteNode{(*singles)[task.next]});
-      } else {
-        const auto& [key, value] = std::get<std::span<const std::pair<NodeId, NodeId>>>(task.items)[task.next];
-        tasks_.push_back(WriteNode{value});
-        tasks_.push_back(WriteNode{key});
+    WriteItems at = task;
+    const uint64_t count = std::visit([](auto items) -> uint64_t { return items.size(); }, at.items);
+    while (true) {
+      if (at.next < at.batch_end) {
+        const uint64_t index = at.next++;
+        if (const auto* singles = std::get_if<std::span<const NodeId>>(&at.items)) {
+          const NodeId item = (*singles)[index];
+          if (writes_at_once(item)) {
+            ZG_TRY(run_task(WriteNode{item}));
+            continue;
+          }
+          Schedule(tasks_) << WriteNode{item} << at;
+          return {};
+        }
+        const auto& [key, value] = std::get<std::span<const std::pair<NodeId, NodeId>>>(at.items)[index];
+        if (!writes_at_once(key)) {
+          Schedule(tasks_) << WriteNode{key} << WriteNode{value} << at;
+          return {};
+        }
+        ZG_TRY(run_task(WriteNode{key}));
+        if (!writes_at_once(value)) {
+          Schedule(tasks_) << WriteNode{value} << at;
+          return {};
+        }
+        ZG_TRY(run_task(WriteNode{value}));
+        continue;
       }
-      return {};
+      if (at.batch_size > 0) out_.byte(batch_closer(at.sequence, at.batch_size));
+      if (at.next == count) return {};
+      at.batch_size = at.sequence == Sequence::kTupleItems ? count : std::min(kBatchSize, count - at.next);
+      at.batch_end = at.next + at.batch_size;
+      if (batch_opens_with_mark(at.sequence, at.batch_size)) out_.byte(kMark);
     }
-    if (task.batch_size > 0) out_.byte(batch_closer(task.sequence, task.batch_size));
-    const uint64_t count = std::visit([](auto items) -> uint64_t { return items.size(); }, task.items);
-    if (task.next == count) return {};
-    WriteItems batch = task;
-    batch.batch_size = task.sequence == Sequence::kTupleItems ? count : std::min(kBatchSize, count - task.next);
-    batch.batch_end = task.next + batch.batch_size;
-    if (batch_opens_with_mark(task.sequence, batch.batch_size)) out_.byte(kMark);
-    tasks_.push_back(batch);
-    return {};
+  }
+
+  // True when writing `id` schedules no further tasks: a memo fetch, or a node without children.
+  bool writes_at_once(NodeId id) const {
+    if (states_[id].memo != kNoMemo) return true;
+    return std::visit(
+        [](const auto& value) {
+          using T = std::decay_t<decltype(value)>;
+          if constexpr (std::is_same_v<T, TupleValue>) return value.items.empty();
+          return std::is_same_v<T, NoneValue> || std::is_same_v<T, bool> || std::is_same_v<T, IntValue> ||
+                 std::is_same_v<T, FloatValue> || std::is_same_v<T, StrValue> || std::is_same_v<T, BytesValue> ||
+                 std::is_same_v<T, GlobalValue> || std::is_same_v<T, TorchSizeValue> ||
+                 std::is_same_v<T, StorageRefValue> || std::is_same_v<T, NumpyDtypeValue>;
+        },
+        tree_.nodes[id]);
   }
 
   // --- nodes: each begin() writes what it can and schedules the rest ---
@@ -689,8 +718,8 @@ class PickleWriter {
   Status begin(NodeId id, const SetValue& set) {
     write_global_atom("builtins", set.frozen ? "frozenset" : "set");
     out_.byte(kEmptyList);
-    Schedule(tasks_) << WriteItems{std::span<const NodeId>(set.items), Sequence::kListItems}
-                     << WriteOpcode{kTuple1} << WriteOpcode{kReduce} << NodeCreated{id};
+    Schedule(tasks_) << WriteItems{std::span<const NodeId>(set.items), Sequence::kListItems} << WriteOpcode{kTuple1}
+                     << WriteOpcode{kReduce} << NodeCreated{id};
     return {};
   }
 
@@ -734,7 +763,8 @@ class PickleWriter {
 
   Status begin(NodeId id, const TensorValue& tensor) {
     const Value& node = tree_.nodes[id];
-    if (tensor.sizes.size() != tensor.strides.size()) return invalid_node(id, node, "sizes and strides differ in length");
+    if (tensor.sizes.size() != tensor.strides.size())
+      return invalid_node(id, node, "sizes and strides differ in length");
     if (tensor.storage_offset > kMaxInt64) return invalid_node(id, node, "storage offset exceeds int64");
     if (tensor.rebuild_v1 && (tensor.requires_grad || tensor.metadata)) {
       return invalid_node(id, node, "_rebuild_tensor takes neither requires_grad nor metadata");
@@ -754,8 +784,8 @@ class PickleWriter {
 
   Status begin(NodeId id, const ParameterValue& parameter) {
     write_global_atom("torch._utils", "_rebuild_parameter");
-    Schedule(tasks_) << WriteNode{parameter.tensor} << WriteBool{parameter.requires_grad}
-                     << WriteEmptyOrderedDict{} << WriteOpcode{kTuple3} << WriteOpcode{kReduce} << NodeCreated{id};
+    Schedule(tasks_) << WriteNode{parameter.tensor} << WriteBool{parameter.requires_grad} << WriteEmptyOrderedDict{}
+                     << WriteOpcode{kTuple3} << WriteOpcode{kReduce} << NodeCreated{id};
     return {};
   }
 
@@ -840,8 +870,8 @@ class PickleWriter {
     out_.byte(kMark);
     write_int(1);
     write_int_tuple(std::span<const uint64_t>(array.shape));
-    Schedule(tasks_) << WriteNode{array.dtype} << WriteBool{array.fortran_order}
-                     << WriteBytes{array.data, false} << WriteOpcode{kTuple} << WriteOpcode{kBuild};
+    Schedule(tasks_) << WriteNode{array.dtype} << WriteBool{array.fortran_order} << WriteBytes{array.data, false}
+                     << WriteOpcode{kTuple} << WriteOpcode{kBuild};
     return {};
   }
 
@@ -881,6 +911,9 @@ class PickleWriter {
   // maybe add padding (the object stays on the stack, so an extra BINPUT of it is harmless).
   void created(NodeId id) {
     NodeState& state = states_[id];
+    // A Python singleton written again: it got its chance of padding the first time, which keeps
+    // padding to one entry per node at most (see count_references()).
+    if (state.created) return;
     state.created = true;
     if (state.references > 1) {
       state.memo = memo_.next();
@@ -927,7 +960,8 @@ class PickleWriter {
       out_.little_endian(static_cast<uint64_t>(value), 4);
     } else {
       std::array<uint8_t, 8> bytes{};
-      for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(static_cast<uint64_t>(value) >> (8 * i));
+      for (size_t i = 0; i < bytes.size(); ++i)
+        bytes[i] = static_cast<uint8_t>(static_cast<uint64_t>(value) >> (8 * i));
       size_t length = bytes.size();
       while (length > 1 && is_redundant_sign_byte(bytes[length - 1], bytes[length - 2])) --length;
       out_.byte(kLong1);

@@ -2,6 +2,9 @@
 // parse_pickle(write_pickle(tree)) is structurally equal to the tree, writing is deterministic, and
 // MTD seeds change the bytes but not the parsed value. Every output also goes through CPython's
 // pickletools (opcode allowlist) and pickle.load (with torch and numpy) in one interpreter run.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <bit>
 #include <cstdint>
 #include <limits>
@@ -9,9 +12,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "cdr/pickle_vm.h"
 #include "cdr/pickle_writer.h"
@@ -28,8 +28,8 @@ const GlobalName kOperatorFunction{"zoogate_test_ops", "make"};
 struct TreeShape {
   int max_nodes = 200;
   int max_depth = 12;
-  int deep_chain = 0;        // when > 0, the root holds a chain of this many nested containers
-  int large_container = 0;   // when > 0, one list and one dict of this many items are added
+  int deep_chain = 0;       // when > 0, the root holds a chain of this many nested containers
+  int large_container = 0;  // when > 0, one list and one dict of this many items are added
 };
 
 // Builds random trees in the canonical form the pickle VM produces, so that a round trip must give
@@ -176,10 +176,10 @@ class RandomTreeGenerator {
     const uint64_t length = below(12);
     for (uint64_t i = 0; i < length; ++i) {
       switch (below(6)) {
-        case 0: out += "\xc3\xa9"; break;           // U+00E9
-        case 1: out += "\xe2\x82\xac"; break;       // U+20AC
-        case 2: out += "\xf0\x9f\x90\x8d"; break;   // U+1F40D
-        case 3: out += "\xed\xa0\x80"; break;       // a lone surrogate, as surrogatepass encodes it
+        case 0: out += "\xc3\xa9"; break;          // U+00E9
+        case 1: out += "\xe2\x82\xac"; break;      // U+20AC
+        case 2: out += "\xf0\x9f\x90\x8d"; break;  // U+1F40D
+        case 3: out += "\xed\xa0\x80"; break;      // a lone surrogate, as surrogatepass encodes it
         default: out.push_back(static_cast<char>(0x20 + below(0x5f)));
       }
     }
@@ -193,9 +193,13 @@ class RandomTreeGenerator {
   }
 
   GlobalName plain_global() {
-    static const std::vector<GlobalName> kPlain = {
-        {"torch", "float32"}, {"torch", "bfloat16"}, {"torch", "int64"}, {"torch", "Tensor"},
-        {"torch", "Size"},    {"torch", "FloatStorage"}, {"torch.nn.parameter", "Parameter"}};
+    static const std::vector<GlobalName> kPlain = {{"torch", "float32"},
+                                                   {"torch", "bfloat16"},
+                                                   {"torch", "int64"},
+                                                   {"torch", "Tensor"},
+                                                   {"torch", "Size"},
+                                                   {"torch", "FloatStorage"},
+                                                   {"torch.nn.parameter", "Parameter"}};
     return kPlain[below(kPlain.size())];
   }
 
@@ -211,8 +215,7 @@ class RandomTreeGenerator {
     switch (below(4)) {
       case 0: return add(IntValue{1'000'000 + serial, {}}, depth);
       case 1: return add(BytesValue{"b" + std::to_string(serial), false}, depth);
-      case 2:
-        return add(TupleValue{{add(StrValue{"t"}, depth), add(IntValue{serial, {}}, depth), none_}}, depth);
+      case 2: return add(TupleValue{{add(StrValue{"t"}, depth), add(IntValue{serial, {}}, depth), none_}}, depth);
       default: return add(StrValue{"k" + std::to_string(serial) + text()}, depth);
     }
   }
@@ -321,8 +324,8 @@ class RandomTreeGenerator {
   NodeId storage(int depth) {
     if (!storages_.empty() && chance(50)) return storages_[below(storages_.size())];
     static const std::vector<StorageType> kTypes = {
-        StorageType::kFloat, StorageType::kDouble, StorageType::kHalf,  StorageType::kBFloat16,
-        StorageType::kLong,  StorageType::kInt,    StorageType::kShort, StorageType::kChar,
+        StorageType::kFloat, StorageType::kDouble, StorageType::kHalf,        StorageType::kBFloat16,
+        StorageType::kLong,  StorageType::kInt,    StorageType::kShort,       StorageType::kChar,
         StorageType::kByte,  StorageType::kBool,   StorageType::kComplexFloat};
     NodeId id = add(StorageRefValue{kTypes[below(kTypes.size())], std::to_string(storages_.size()),
                                     chance(80) ? "cpu" : "cuda:0", 60 + below(40)},

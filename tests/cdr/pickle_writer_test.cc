@@ -1,13 +1,13 @@
 #include "cdr/pickle_writer.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <limits>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "tests/cdr/python_runner.h"
 
@@ -91,17 +91,17 @@ void expect_python_loads(const std::string& pickle, const std::string& checks) {
 
 TEST(PickleWriter, WritesScalarsWithTheShortestOpcodes) {
   ValueTree tree;
-  NodeId root = list(tree, {tree.add(NoneValue{}), tree.add(true), tree.add(false), integer(tree, 0),
-                            integer(tree, 255), integer(tree, 256), integer(tree, 65535), integer(tree, 65536),
-                            integer(tree, -1), integer(tree, std::numeric_limits<int32_t>::min()),
-                            integer(tree, int64_t{1} << 31), integer(tree, std::numeric_limits<int64_t>::min()),
-                            tree.add(FloatValue{1.5}), text(tree, "\xc3\xa9")});
+  NodeId root = list(
+      tree, {tree.add(NoneValue{}), tree.add(true), tree.add(false), integer(tree, 0), integer(tree, 255),
+             integer(tree, 256), integer(tree, 65535), integer(tree, 65536), integer(tree, -1),
+             integer(tree, std::numeric_limits<int32_t>::min()), integer(tree, int64_t{1} << 31),
+             integer(tree, std::numeric_limits<int64_t>::min()), tree.add(FloatValue{1.5}), text(tree, "\xc3\xa9")});
   const std::string pickle = write(rooted(tree, root));
-  const std::string expected =
-      kHeader + kEmptyList + kMark + op('N') + op(0x88) + op(0x89) + binint1(0) + binint1(255) + op('M') +
-      le(256, 2) + op('M') + le(65535, 2) + op('J') + le(65536, 4) + op('J') + le(0xffffffff, 4) + op('J') +
-      le(0x80000000, 4) + op(0x8a) + op(5) + le(0x80000000, 5) + op(0x8a) + op(8) + le(uint64_t{1} << 63, 8) +
-      op('G') + op(0x3f) + op(0xf8) + std::string(6, '\0') + unicode("\xc3\xa9") + kAppends + kStop;
+  const std::string expected = kHeader + kEmptyList + kMark + op('N') + op(0x88) + op(0x89) + binint1(0) +
+                               binint1(255) + op('M') + le(256, 2) + op('M') + le(65535, 2) + op('J') + le(65536, 4) +
+                               op('J') + le(0xffffffff, 4) + op('J') + le(0x80000000, 4) + op(0x8a) + op(5) +
+                               le(0x80000000, 5) + op(0x8a) + op(8) + le(uint64_t{1} << 63, 8) + op('G') + op(0x3f) +
+                               op(0xf8) + std::string(6, '\0') + unicode("\xc3\xa9") + kAppends + kStop;
   EXPECT_EQ(pickle, expected);
   expect_python_loads(pickle,
                       "assert value == [None, True, False, 0, 255, 256, 65535, 65536, -1, -2**31, 2**31, -2**63,"
@@ -111,10 +111,10 @@ TEST(PickleWriter, WritesScalarsWithTheShortestOpcodes) {
 TEST(PickleWriter, IntegersBeyondInt64UseLong1AndLong4) {
   ValueTree tree;
   std::string two_to_64 = std::string(8, '\0') + "\x01";
-  std::string huge = std::string(299, '\0') + "\x40";  // 2^(8*299+6): 300 bytes, so LONG4
+  std::string huge = std::string(299, '\0') + "\x40";    // 2^(8*299+6): 300 bytes, so LONG4
   std::string negative = std::string(8, '\0') + "\x80";  // -2^71
-  NodeId root = list(tree, {tree.add(IntValue{0, two_to_64}), tree.add(IntValue{0, huge}),
-                            tree.add(IntValue{0, negative})});
+  NodeId root =
+      list(tree, {tree.add(IntValue{0, two_to_64}), tree.add(IntValue{0, huge}), tree.add(IntValue{0, negative})});
   const std::string pickle = write(rooted(tree, root));
   EXPECT_EQ(pickle, kHeader + kEmptyList + kMark + op(0x8a) + op(9) + two_to_64 + op(0x8b) + le(300, 4) + huge +
                         op(0x8a) + op(9) + negative + kAppends + kStop);
@@ -128,7 +128,8 @@ TEST(PickleWriter, SharedNodesAreMemoizedOnceInFirstUseOrder) {
   NodeId root = tuple(tree, {shared_text, shared_list, shared_text, shared_list});
   const std::string pickle = write(rooted(tree, root));
   EXPECT_EQ(pickle, kHeader + kMark + unicode("ab") + put(0) + kEmptyList + put(1) + get(0) + get(1) + op('t') + kStop);
-  expect_python_loads(pickle, "assert value == ('ab', [], 'ab', [])\nassert value[0] is value[2] and value[1] is value[3]");
+  expect_python_loads(pickle,
+                      "assert value == ('ab', [], 'ab', [])\nassert value[0] is value[2] and value[1] is value[3]");
 }
 
 TEST(PickleWriter, PythonSingletonsAreWrittenAgainInsteadOfMemoized) {
@@ -138,8 +139,8 @@ TEST(PickleWriter, PythonSingletonsAreWrittenAgainInsteadOfMemoized) {
   NodeId empty = tuple(tree, {});
   NodeId root = list(tree, {none, truth, empty, none, truth, empty});
   const std::string pickle = write(rooted(tree, root));
-  EXPECT_EQ(pickle, kHeader + kEmptyList + kMark + op('N') + op(0x88) + kEmptyTuple + op('N') + op(0x88) +
-                        kEmptyTuple + kAppends + kStop);
+  EXPECT_EQ(pickle, kHeader + kEmptyList + kMark + op('N') + op(0x88) + kEmptyTuple + op('N') + op(0x88) + kEmptyTuple +
+                        kAppends + kStop);
   expect_python_loads(pickle, "assert value == [None, True, (), None, True, ()] and value[2] is value[5]");
 }
 
@@ -159,25 +160,26 @@ TEST(PickleWriter, CyclesThroughListsAndDictsAreWritten) {
 
 TEST(PickleWriter, BytesAreWrittenAsCPythonDoesAndRepeatedAtomsAreMemoized) {
   ValueTree tree;
-  NodeId root = list(tree, {bytes(tree, std::string("\0\xff", 2)), bytes(tree, "a"), bytes(tree, ""),
-                            bytes(tree, "\x80", true)});
+  NodeId root =
+      list(tree, {bytes(tree, std::string("\0\xff", 2)), bytes(tree, "a"), bytes(tree, ""), bytes(tree, "\x80", true)});
   const std::string pickle = write(rooted(tree, root));
   const std::string encode = global("_codecs", "encode");
-  EXPECT_EQ(pickle, kHeader + kEmptyList + kMark +                                                 //
+  EXPECT_EQ(pickle, kHeader + kEmptyList + kMark +                                                                //
                         encode + unicode(std::string("\0\xc3\xbf", 3)) + unicode("latin1") + kTuple2 + kReduce +  //
-                        encode + put(0) + unicode("a") + unicode("latin1") + put(1) + kTuple2 + kReduce +   //
-                        get(0) + unicode("") + get(1) + kTuple2 + kReduce +                                //
-                        global("builtins", "bytearray") + unicode("\xc2\x80") + unicode("latin-1") + kTuple2 +
-                        kReduce + kAppends + kStop);
-  expect_python_loads(pickle, "assert value == [b'\\x00\\xff', b'a', b'', bytearray(b'\\x80')], value\n"
-                              "assert type(value[3]) is bytearray");
+                        encode + put(0) + unicode("a") + unicode("latin1") + put(1) + kTuple2 + kReduce +         //
+                        get(0) + unicode("") + get(1) + kTuple2 + kReduce +                                       //
+                        global("builtins", "bytearray") + unicode("\xc2\x80") + unicode("latin-1") + kTuple2 + kReduce +
+                        kAppends + kStop);
+  expect_python_loads(pickle,
+                      "assert value == [b'\\x00\\xff', b'a', b'', bytearray(b'\\x80')], value\n"
+                      "assert type(value[3]) is bytearray");
 }
 
 TEST(PickleWriter, NumpyDtypeMatchesNumpysOwnPickle) {
   ValueTree tree;
   tree.root = tree.add(NumpyDtypeValue{"<f4"});
-  EXPECT_EQ(write(tree), kHeader + global("numpy", "dtype") + unicode("f4") + op(0x89) + op(0x88) + op(0x87) +
-                             kReduce + kMark + binint1(3) + unicode("<") + op('N') + op('N') + op('N') + op('J') +
+  EXPECT_EQ(write(tree), kHeader + global("numpy", "dtype") + unicode("f4") + op(0x89) + op(0x88) + op(0x87) + kReduce +
+                             kMark + binint1(3) + unicode("<") + op('N') + op('N') + op('N') + op('J') +
                              le(0xffffffff, 4) + op('J') + le(0xffffffff, 4) + binint1(0) + op('t') + op('b') + kStop);
 }
 
@@ -234,9 +236,10 @@ TEST(PickleWriter, SetsOrderedDictsAndNamespacesLoadInCPython) {
   NodeId frozen = tree.add(SetValue{{integer(tree, 2)}, true});
   NodeId empty_set = tree.add(SetValue{{}, false});
   NodeId metadata = tree.add(DictValue{{{text(tree, "version"), integer(tree, 1)}}});
-  NodeId attributes = tree.add(DictValue{{{text(tree, "_metadata"), tree.add(DictValue{{{text(tree, ""), metadata}}})}}});
-  NodeId ordered = tree.add(OrderedDictValue{{{text(tree, "b"), integer(tree, 1)}, {text(tree, "a"), integer(tree, 2)}},
-                                             attributes});
+  NodeId attributes =
+      tree.add(DictValue{{{text(tree, "_metadata"), tree.add(DictValue{{{text(tree, ""), metadata}}})}}});
+  NodeId ordered = tree.add(
+      OrderedDictValue{{{text(tree, "b"), integer(tree, 1)}, {text(tree, "a"), integer(tree, 2)}}, attributes});
   NodeId plain_ordered = tree.add(OrderedDictValue{});
   NodeId ns = tree.add(NamespaceValue{});
   std::get<NamespaceValue>(tree.at(ns)).attributes = {{text(tree, "lr"), tree.add(FloatValue{0.5})},
@@ -258,12 +261,12 @@ TEST(PickleWriter, SetsOrderedDictsAndNamespacesLoadInCPython) {
 
 TEST(PickleWriter, OperatorCallsUseReduceOrNewobjAndBuild) {
   ValueTree tree;
-  NodeId complex_call = tree.add(OperatorCallValue{tree.add(GlobalValue{"builtins", "complex"}),
-                                                   tuple(tree, {tree.add(FloatValue{1}), tree.add(FloatValue{2})}),
-                                                   false, std::nullopt});
+  NodeId complex_call =
+      tree.add(OperatorCallValue{tree.add(GlobalValue{"builtins", "complex"}),
+                                 tuple(tree, {tree.add(FloatValue{1}), tree.add(FloatValue{2})}), false, std::nullopt});
   NodeId state = tree.add(DictValue{});
-  NodeId object = tree.add(OperatorCallValue{tree.add(GlobalValue{"types", "SimpleNamespace"}), tuple(tree, {}), true,
-                                             state});
+  NodeId object =
+      tree.add(OperatorCallValue{tree.add(GlobalValue{"types", "SimpleNamespace"}), tuple(tree, {}), true, state});
   std::get<DictValue>(tree.at(state)).items = {{text(tree, "a"), integer(tree, 1)}, {text(tree, "me"), object}};
   const std::string pickle = write(rooted(tree, list(tree, {complex_call, object})));
   expect_python_loads(pickle,
@@ -279,9 +282,23 @@ TEST(PickleWriter, SurrogatesInStrSurviveAsPythonReadsThem) {
 }
 
 TEST(PickleWriter, NumpyDtypesLoadAsTheSameDtype) {
-  const std::vector<std::string> descrs = {"<f4", "|b1",    "<c16",     "<M8[ns]", ">i2",  "|u1", "|i1",
-                                           "<f2", ">f8",    "<u8",      "<c32",    "<f16", "<M8", "<m8[10ms]",
-                                           ">M8[W]", "<m8[Y]", "<M8[2147483647s]"};
+  const std::vector<std::string> descrs = {"<f4",
+                                           "|b1",
+                                           "<c16",
+                                           "<M8[ns]",
+                                           ">i2",
+                                           "|u1",
+                                           "|i1",
+                                           "<f2",
+                                           ">f8",
+                                           "<u8",
+                                           "<c32",
+                                           "<f16",
+                                           "<M8",
+                                           "<m8[10ms]",
+                                           ">M8[W]",
+                                           "<m8[Y]",
+                                           "<M8[2147483647s]"};
   std::map<std::string, std::string> files;
   std::string script = "import sys, pickle, numpy\n";
   for (size_t i = 0; i < descrs.size(); ++i) {
@@ -289,17 +306,21 @@ TEST(PickleWriter, NumpyDtypesLoadAsTheSameDtype) {
     tree.root = tree.add(NumpyDtypeValue{descrs[i]});
     const std::string name = "dtype" + std::to_string(i) + ".pkl";
     files[name] = write(tree);
-    script += "d = pickle.load(open(sys.argv[1] + '/" + name + "', 'rb'))\n"
-              "assert d.str == '" + descrs[i] + "', d.str\n"
-              "assert d.__reduce__() == numpy.dtype('" + descrs[i] + "').__reduce__(), d.__reduce__()\n";
+    script += "d = pickle.load(open(sys.argv[1] + '/" + name +
+              "', 'rb'))\n"
+              "assert d.str == '" +
+              descrs[i] +
+              "', d.str\n"
+              "assert d.__reduce__() == numpy.dtype('" +
+              descrs[i] + "').__reduce__(), d.__reduce__()\n";
   }
   auto run = run_python(script + "print('OK')\n", files);
   EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
 TEST(PickleWriter, NonCanonicalOrNonNumericDtypesAreRejected) {
-  for (const char* descr : {"f4", "<b1", "|f4", "=f4", "<f3", "<i08", "<M8[1ns]", "<M8[0ns]", "<M8[generic]",
-                            "<M8[ns", "<M8[xs]", "<M8[2147483648s]", "<U3", "|S4", "|V8", "|O", "<f4 ", ""}) {
+  for (const char* descr : {"f4", "<b1", "|f4", "=f4", "<f3", "<i08", "<M8[1ns]", "<M8[0ns]", "<M8[generic]", "<M8[ns",
+                            "<M8[xs]", "<M8[2147483648s]", "<U3", "|S4", "|V8", "|O", "<f4 ", ""}) {
     ValueTree tree;
     tree.root = tree.add(NumpyDtypeValue{descr});
     EXPECT_EQ(write_error(tree).code, ErrorCode::kInvalidArgument) << descr;
@@ -347,7 +368,8 @@ TEST(PickleWriter, TorchCheckpointLoadsWithWeightsOnly) {
   NodeId weight = tree.add(TensorValue{floats, 0, {2, 3}, {3, 1}, false, false, std::nullopt});
   NodeId row = tree.add(TensorValue{floats, 3, {3}, {1}, false, false, std::nullopt});
   NodeId column = tree.add(TensorValue{floats, 1, {2}, {3}, false, false, std::nullopt});
-  NodeId parameter = tree.add(ParameterValue{tree.add(TensorValue{pair, 0, {2}, {1}, false, false, std::nullopt}), true});
+  NodeId parameter =
+      tree.add(ParameterValue{tree.add(TensorValue{pair, 0, {2}, {1}, false, false, std::nullopt}), true});
   NodeId trained = tree.add(TensorValue{pair, 1, {1}, {1}, true, false, std::nullopt});
   NodeId ints = tree.add(TensorValue{longs, 0, {3}, {1}, false, false, std::nullopt});
   NodeId flags = tree.add(TensorValue{bools, 0, {3}, {1}, false, false, std::nullopt});
@@ -356,16 +378,21 @@ TEST(PickleWriter, TorchCheckpointLoadsWithWeightsOnly) {
   NodeId misc = list(tree, {integer(tree, 1), text(tree, "two"),
                             tuple(tree, {integer(tree, 3), tree.add(NoneValue{}), tree.add(true)}),
                             tree.add(DictValue{{{text(tree, "k"), integer(tree, -5)}}})});
-  NodeId metadata = tree.add(DictValue{{{text(tree, ""), tree.add(DictValue{{{text(tree, "version"), integer(tree, 1)}}})}}});
-  std::vector<std::pair<NodeId, NodeId>> items = {
-      {text(tree, "w"), weight},         {text(tree, "row"), row},
-      {text(tree, "col"), column},       {text(tree, "alias"), weight},
-      {text(tree, "p"), parameter},      {text(tree, "g"), trained},
-      {text(tree, "i"), ints},           {text(tree, "b"), flags},
-      {text(tree, "v1"), old_style},     {text(tree, "scalar"), scalar},
-      {text(tree, "shape"), tree.add(TorchSizeValue{{2, 3}})},
-      {text(tree, "dtype"), tree.add(GlobalValue{"torch", "float32"})},
-      {text(tree, "misc"), misc}};
+  NodeId metadata =
+      tree.add(DictValue{{{text(tree, ""), tree.add(DictValue{{{text(tree, "version"), integer(tree, 1)}}})}}});
+  std::vector<std::pair<NodeId, NodeId>> items = {{text(tree, "w"), weight},
+                                                  {text(tree, "row"), row},
+                                                  {text(tree, "col"), column},
+                                                  {text(tree, "alias"), weight},
+                                                  {text(tree, "p"), parameter},
+                                                  {text(tree, "g"), trained},
+                                                  {text(tree, "i"), ints},
+                                                  {text(tree, "b"), flags},
+                                                  {text(tree, "v1"), old_style},
+                                                  {text(tree, "scalar"), scalar},
+                                                  {text(tree, "shape"), tree.add(TorchSizeValue{{2, 3}})},
+                                                  {text(tree, "dtype"), tree.add(GlobalValue{"torch", "float32"})},
+                                                  {text(tree, "misc"), misc}};
   NodeId root = tree.add(OrderedDictValue{items, tree.add(DictValue{{{text(tree, "_metadata"), metadata}}})});
   tree.root = root;
 
@@ -468,7 +495,8 @@ TEST(PickleWriter, DeepNestingUsesHeapNotCallStack) {
                       "depth = 0\n"
                       "while value:\n"
                       "    value, depth = value[0], depth + 1\n"
-                      "assert depth == " + std::to_string(kDepth - 1) + ", depth");
+                      "assert depth == " +
+                          std::to_string(kDepth - 1) + ", depth");
 }
 
 // Records the size of every write it receives.
