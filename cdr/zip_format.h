@@ -94,7 +94,8 @@ inline void append_u64(std::vector<uint8_t>& out, uint64_t value) {
 }
 inline void append_bytes(std::vector<uint8_t>& out, std::string_view bytes) { out.insert(out.end(), bytes.begin(), bytes.end()); }
 
-// CRC-32 (the ZIP polynomial) of `bytes` continued from `crc` (0 for a new stream), through zlib.
+// CRC-32 (the ZIP polynomial) of `bytes` continued from `crc` (0 for a new stream), as zlib's crc32()
+// computes it: by carry-less multiplication where the CPU has PCLMULQDQ, through zlib otherwise.
 uint32_t crc32_update(uint32_t crc, std::span<const uint8_t> bytes);
 
 // The names of one archive, checked one by one against the rules every accepted archive follows:
