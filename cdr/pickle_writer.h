@@ -12,19 +12,21 @@
 //
 // Identity: a node reachable more than once is written once, stored in the memo, and fetched again for
 // every later reference, so sharing (storages shared by tensor views included) survives. None, True,
-// False and () are Python singletons and are simply written again. Lists, dicts,
-// OrderedDicts and Namespaces are created empty and memoized before their contents, so reference cycles
-// through them are written; a cycle that reaches a tuple, set, tensor or any other node that the
-// unpickler can only create after its contents cannot be expressed and is a kUnsupported error.
+// False and () are Python singletons and are simply written again. Lists, dicts, OrderedDicts and
+// Namespaces are created empty and memoized before their contents, so reference cycles through them
+// are written; a cycle that reaches a tuple, set, tensor or any other node that the unpickler can only
+// create after its contents cannot be expressed and is a kUnsupported error.
 //
-// Deterministic: the same tree and options always give the same bytes. With `seed` 0 only nodes that
-// are referenced again are memoized, numbered 0, 1, 2... in the order they are created. Another seed
-// (MTD layout variation) draws memo indices from a seed-keyed permutation of a wider index range and
-// adds memo entries that are never read at seed-chosen points; the loaded value is the same either way.
+// Deterministic: the same tree and options always give the same bytes. With `seed` 0 the memo holds
+// only nodes that are referenced again and the writer's own repeated GLOBALs and strs (such as
+// torch._utils._rebuild_tensor_v2 or 'storage', memoized at their second use), numbered 0, 1, 2... in
+// the order they are stored. Another seed (MTD layout variation) draws memo indices from a seed-keyed
+// permutation of a wider index range and adds memo entries that are never read at seed-chosen points;
+// the loaded value is the same either way.
 //
 // The writer works from an explicit task stack (no recursion, so nesting depth costs heap, not call
-// stack) and streams to the sink in chunks of at most 64 KiB, except for str payloads that large,
-// which go to the sink straight from the tree without a copy.
+// stack) and streams to the sink in chunks of at most 64 KiB; a str or integer operand of 64 KiB or
+// more goes to the sink straight from the tree, without a copy.
 //
 // Errors: kInvalidArgument for a tree that breaks value.h's contracts (node ids out of range, a child
 // of the wrong kind, a non-canonical integer or dtype string, invalid UTF-8, a newline in a global's
