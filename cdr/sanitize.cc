@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <future>
@@ -36,9 +37,6 @@ namespace {
 // Records are copied in chunks of this size: large enough for full disk and hash speed, small enough
 // that memory does not depend on the size of a tensor.
 constexpr size_t kCopyChunk = 1 << 20;
-
-// The folder every rebuilt PyTorch archive uses with the canonical layout (torch.save's own name).
-constexpr std::string_view kCanonicalArchiveFolder = "archive";
 
 // PyTorch's legacy format starts with this number, pickled on its own.
 constexpr std::string_view kLegacyMagicLittleEndian = "\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
@@ -93,6 +91,47 @@ struct RecordSource {
   uint64_t size = 0;
 };
 
+// Reads a record's bytes front to back, from a zip entry (CRC-checked when the last byte has been
+// read) or from a range of the input.
+class RecordReader {
+ public:
+  static Result<RecordReader> open(const ByteSource& input, const RecordSource& source) {
+    RecordReader reader(input, source);
+    if (source.entry) {
+      auto stream = ZipEntryStream::open(input, *source.entry);
+      if (!stream) return tl::unexpected(stream.error());
+      reader.stream_.emplace(std::move(*stream));
+    }
+    return reader;
+  }
+
+  // Fills a prefix of `out`; 0 at the end of the record.
+  Result<size_t> read(std::span<uint8_t> out) {
+    if (stream_) return stream_->read(out);
+    size_t take = static_cast<size_t>(std::min<uint64_t>(out.size(), source_.size - done_));
+    ZG_TRY(input_.read_at(source_.offset + done_, out.first(take)));
+    done_ += take;
+    return take;
+  }
+
+  Status read_exact(std::span<uint8_t> out) {
+    while (!out.empty()) {
+      auto got = read(out);
+      if (!got) return tl::unexpected(got.error());
+      if (*got == 0) return fail(ErrorCode::kParse, "record ends early");
+      out = out.subspan(*got);
+    }
+    return {};
+  }
+
+ private:
+  RecordReader(const ByteSource& input, const RecordSource& source) : input_(input), source_(source) {}
+  const ByteSource& input_;
+  RecordSource source_;
+  std::optional<ZipEntryStream> stream_;
+  uint64_t done_ = 0;
+};
+
 // One storage of a PyTorch checkpoint: the StorageRefValue node that names it and its bytes.
 struct StorageRecord {
   NodeId node = 0;
@@ -126,9 +165,13 @@ class Sanitizer {
   Result<std::vector<StorageRecord>> collect_storages(
       ValueTree& tree, const std::function<Result<RecordSource>(const StorageRefValue&)>& locate);
   Status write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output);
+  Result<LayoutPlan> plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages);
+  static Status validate_plan(const LayoutPlan& plan, const std::vector<StorageInfo>& storages);
   Status write_safetensors_from(const TorchCheckpoint& checkpoint, HashingSink& output);
-  // Streams a record's bytes from the input into `sink`, returning their SHA-256.
+  // Streams a record's bytes from the input into `sink`, returning the SHA-256 of what was written.
   Result<Sha256::Digest> copy_record(const RecordSource& source, ByteSink& sink);
+  Result<Sha256::Digest> copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
+                                               uint64_t element_size, ByteSink& sink);
   Status write_small_entry(ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes);
   void add_record(std::string name, uint64_t size, const Sha256::Digest& digest) {
     report_.records.push_back(RecordDigest{std::move(name), size, digest});
@@ -416,38 +459,57 @@ Status Sanitizer::sanitize_plain_pickle(HashingSink& output) {
   }
   Stopwatch write_time;
   report_.output_format = "pickle";
+  auto plan = plan_layout(parsed->tree, {});
+  if (!plan) return tl::unexpected(plan.error());
   PickleWriteOptions write_options;
   write_options.persistent_ids = PersistentIdStyle::kNone;
-  write_options.seed = options_.layout_seed;
+  write_options.seed = plan->pickle_seed;
   ZG_TRY(write_pickle(parsed->tree, write_options, output));
   report_.write_seconds = write_time.seconds();
   return {};
 }
 
 Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSink& sink) {
+  auto reader = RecordReader::open(input_, source);
+  if (!reader) return tl::unexpected(reader.error());
   Sha256 hash;
-  auto deliver = [&](size_t count) -> Status {
-    std::span<const uint8_t> chunk(buffer_.data(), count);
+  while (true) {
+    auto got = reader->read(buffer_);
+    if (!got) return tl::unexpected(got.error());
+    if (*got == 0) break;
+    std::span<const uint8_t> chunk(buffer_.data(), *got);
     hash.update(chunk);
-    return sink.write(chunk);
-  };
-  if (source.entry) {
-    auto stream = ZipEntryStream::open(input_, *source.entry);
-    if (!stream) return tl::unexpected(stream.error());
-    while (true) {
-      auto got = stream->read(buffer_);
-      if (!got) return tl::unexpected(got.error());
-      if (*got == 0) break;
-      ZG_TRY(deliver(*got));
-    }
-  } else {
-    for (uint64_t done = 0; done < source.size;) {
-      size_t take = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), source.size - done));
-      ZG_TRY(input_.read_at(source.offset + done, std::span(buffer_.data(), take)));
-      ZG_TRY(deliver(take));
-      done += take;
-    }
+    ZG_TRY(sink.write(chunk));
   }
+  return hash.finish();
+}
+
+Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
+                                                        uint64_t element_size, ByteSink& sink) {
+  // The storage is [outer, shape[axis], inner] elements; each outer slab is read whole, its slices
+  // gathered in the new order, and written: memory is two slabs, never the file.
+  uint64_t outer = 1;
+  uint64_t inner = element_size;
+  for (size_t dim = 0; dim < rewrite.shape.size(); ++dim) {
+    if (dim < rewrite.axis) outer *= rewrite.shape[dim];
+    if (dim > rewrite.axis) inner *= rewrite.shape[dim];
+  }
+  const uint64_t slices = rewrite.shape[rewrite.axis];
+  std::vector<uint8_t> slab(static_cast<size_t>(slices * inner));
+  std::vector<uint8_t> gathered(slab.size());
+  auto reader = RecordReader::open(input_, source);
+  if (!reader) return tl::unexpected(reader.error());
+  Sha256 hash;
+  for (uint64_t block = 0; block < outer; ++block) {
+    ZG_TRY(reader->read_exact(slab));
+    for (uint64_t slice = 0; slice < slices; ++slice) {
+      std::memcpy(gathered.data() + slice * inner, slab.data() + rewrite.source_index[slice] * inner, inner);
+    }
+    hash.update(gathered);
+    ZG_TRY(sink.write(gathered));
+  }
+  auto tail = reader->read(buffer_);  // lets a zip stream verify its CRC at the end
+  if (!tail) return tl::unexpected(tail.error());
   return hash.finish();
 }
 
@@ -459,39 +521,108 @@ Status Sanitizer::write_small_entry(ZipWriter& zip, const std::string& name, std
   return {};
 }
 
+Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages) {
+  std::vector<StorageInfo> infos;
+  for (const auto& record : storages) {
+    const auto& storage = std::get<StorageRefValue>(tree.at(record.node));
+    infos.push_back(StorageInfo{record.node, storage.type, storage.numel, record.source.size});
+  }
+  if (!options_.layout) return LayoutPlan{};
+  auto plan = options_.layout->plan(tree, infos);
+  if (!plan) return tl::unexpected(plan.error());
+  ZG_TRY(validate_plan(*plan, infos));
+  return plan;
+}
+
+// A plan comes from another module; a wrong one would corrupt the model, so it is checked like input.
+Status Sanitizer::validate_plan(const LayoutPlan& plan, const std::vector<StorageInfo>& storages) {
+  const size_t count = storages.size();
+  auto is_safe_name = [](std::string_view name) {
+    return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+  };
+  if (!is_safe_name(plan.archive_folder)) return fail(ErrorCode::kInternal, "layout plan: bad archive folder");
+  if (!plan.storage_order.empty()) {
+    std::vector<bool> seen(count, false);
+    if (plan.storage_order.size() != count) return fail(ErrorCode::kInternal, "layout plan: order size");
+    for (size_t index : plan.storage_order) {
+      if (index >= count || seen[index]) return fail(ErrorCode::kInternal, "layout plan: order is no permutation");
+      seen[index] = true;
+    }
+  }
+  if (!plan.storage_keys.empty()) {
+    std::set<std::string, std::less<>> unique(plan.storage_keys.begin(), plan.storage_keys.end());
+    if (plan.storage_keys.size() != count || unique.size() != count ||
+        !std::all_of(plan.storage_keys.begin(), plan.storage_keys.end(), is_safe_name)) {
+      return fail(ErrorCode::kInternal, "layout plan: storage keys must be unique safe names, one per storage");
+    }
+  }
+  if (!plan.rewrites.empty() && plan.rewrites.size() != count) {
+    return fail(ErrorCode::kInternal, "layout plan: one rewrite slot per storage");
+  }
+  for (size_t i = 0; i < plan.rewrites.size(); ++i) {
+    if (!plan.rewrites[i]) continue;
+    const StorageRewrite& rewrite = *plan.rewrites[i];
+    std::optional<uint64_t> bytes = storage_element_size(storages[i].type);
+    for (uint64_t size : rewrite.shape) bytes = bytes ? checked_mul(*bytes, size) : std::nullopt;
+    if (!bytes || *bytes != storages[i].size || rewrite.axis >= rewrite.shape.size() ||
+        rewrite.source_index.size() != rewrite.shape[rewrite.axis]) {
+      return fail(ErrorCode::kInternal, "layout plan: rewrite of storage " + std::to_string(i) + " does not fit it");
+    }
+    std::vector<bool> seen(rewrite.source_index.size(), false);
+    for (uint32_t index : rewrite.source_index) {
+      if (index >= seen.size() || seen[index]) return fail(ErrorCode::kInternal, "layout plan: rewrite is no permutation");
+      seen[index] = true;
+    }
+  }
+  return {};
+}
+
 Status Sanitizer::write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output) {
   Stopwatch write_time;
   report_.output_format = "torch-zip";
   ValueTree& tree = checkpoint.pickle.tree;
-  // Record names are regenerated: storages are numbered in first-reference order, like torch.save.
-  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
-    std::get<StorageRefValue>(tree.at(checkpoint.storages[i].node)).key = std::to_string(i);
+  auto plan = plan_layout(tree, checkpoint.storages);
+  if (!plan) return tl::unexpected(plan.error());
+  const size_t count = checkpoint.storages.size();
+  // Record names are regenerated: by the plan, or numbered in first-reference order like torch.save.
+  for (size_t i = 0; i < count; ++i) {
+    std::get<StorageRefValue>(tree.at(checkpoint.storages[i].node)).key =
+        plan->storage_keys.empty() ? std::to_string(i) : plan->storage_keys[i];
   }
   MemorySink pickle_bytes;
   PickleWriteOptions write_options;
   write_options.persistent_ids = PersistentIdStyle::kTorchArchive;
-  write_options.seed = options_.layout_seed;
+  write_options.seed = plan->pickle_seed;
   ZG_TRY(write_pickle(tree, write_options, pickle_bytes));
 
-  const std::string folder(kCanonicalArchiveFolder);
+  const std::string& folder = plan->archive_folder;
   ZipWriter zip(output);
   ZG_TRY(write_small_entry(zip, folder + "/data.pkl", pickle_bytes.bytes()));
   ZG_TRY(write_small_entry(zip, folder + "/byteorder", as_bytes("little")));
-  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
-    const RecordSource& source = checkpoint.storages[i].source;
-    std::string name = folder + "/data/" + std::to_string(i);
-    // An archive entry's CRC is verified by the stream that reads it, so the writer can reuse it.
+  for (size_t position = 0; position < count; ++position) {
+    size_t i = plan->storage_order.empty() ? position : plan->storage_order[position];
+    const StorageRecord& storage = checkpoint.storages[i];
+    const auto& ref = std::get<StorageRefValue>(tree.at(storage.node));
+    const std::optional<StorageRewrite>* rewrite = plan->rewrites.empty() ? nullptr : &plan->rewrites[i];
+    std::string name = folder + "/data/" + ref.key;
+    // An archive entry's CRC is verified by the stream that reads it, so the writer can reuse it
+    // when the bytes pass unchanged.
     std::optional<uint32_t> known_crc;
-    if (source.entry) known_crc = source.entry->crc32;
-    ZG_TRY(zip.begin_entry(name, source.size, known_crc));
+    if (storage.source.entry && !(rewrite && *rewrite)) known_crc = storage.source.entry->crc32;
+    ZG_TRY(zip.begin_entry(name, storage.source.size, known_crc));
     ZipEntrySink entry_sink(zip);
-    auto digest = copy_record(source, entry_sink);
+    auto digest = rewrite && *rewrite
+                      ? copy_rewritten_record(storage.source, **rewrite, storage_element_size(ref.type), entry_sink)
+                      : copy_record(storage.source, entry_sink);
     if (!digest) return tl::unexpected(digest.error());
     ZG_TRY(zip.end_entry());
-    add_record(std::move(name), source.size, *digest);
+    add_record(std::move(name), storage.source.size, *digest);
   }
   ZG_TRY(write_small_entry(zip, folder + "/version", as_bytes("3\n")));
   ZG_TRY(zip.finish());
+  report_.notes.insert(report_.notes.end(), plan->notes.begin(), plan->notes.end());
   report_.write_seconds = write_time.seconds();
   return {};
 }

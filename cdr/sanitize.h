@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cdr/policy.h"
+#include "cdr/value.h"
 #include "common/byte_sink.h"
 #include "common/byte_source.h"
 #include "common/error.h"
@@ -32,11 +33,48 @@ enum class OutputFormat {
   kSafetensors,  // tensors only, for checkpoints whose content safetensors can express
 };
 
+// One storage of a parsed PyTorch checkpoint, as a LayoutPlanner sees it.
+struct StorageInfo {
+  NodeId node = 0;        // its StorageRefValue in the tree
+  StorageType type = StorageType::kFloat;
+  uint64_t numel = 0;
+  uint64_t size = 0;      // bytes
+};
+
+// A function-preserving rewrite of one storage's bytes: the storage is viewed as a C-contiguous array
+// of `shape`, and slice j along `axis` of the output is slice source_index[j] of the input
+// (source_index is a permutation of 0..shape[axis]-1). Memory use is one slice of the outer axes.
+struct StorageRewrite {
+  std::vector<uint64_t> shape;
+  size_t axis = 0;
+  std::vector<uint32_t> source_index;
+};
+
+// How a PyTorch checkpoint is laid out when it is written again. Every field's default gives the
+// canonical layout.
+struct LayoutPlan {
+  std::string archive_folder = "archive";
+  uint64_t pickle_seed = 0;                  // PickleWriteOptions::seed
+  std::vector<size_t> storage_order;         // write order as indices into the storages; empty: as found
+  std::vector<std::string> storage_keys;     // record name of each storage (by index); empty: "0", "1", ...
+  std::vector<std::optional<StorageRewrite>> rewrites;  // by storage index; empty: none
+  std::vector<std::string> notes;            // what the plan did, for the report
+};
+
+// MTD's hook into the engine: sees the parsed, validated checkpoint and returns its layout. Called
+// once per sanitize(), before anything is written; must be thread-safe if shared between threads.
+class LayoutPlanner {
+ public:
+  virtual ~LayoutPlanner() = default;
+  // `storages` are in first-reference order. May edit non-structural facts of the tree (nothing that
+  // the tensors' meaning depends on); returns an Error to block the file.
+  virtual Result<LayoutPlan> plan(const ValueTree& tree, const std::vector<StorageInfo>& storages) const = 0;
+};
+
 struct SanitizeOptions {
   OutputFormat format = OutputFormat::kNative;
-  // Seed of the layout variation (archive folder name, record names and order, memo numbering);
-  // 0 gives the canonical layout.
-  uint64_t layout_seed = 0;
+  // Layout of rebuilt PyTorch archives; null gives the canonical layout. Not owned.
+  const LayoutPlanner* layout = nullptr;
 };
 
 // One record of the written file: a tensor storage, a pickle, or a metadata record.
