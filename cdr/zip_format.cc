@@ -1,5 +1,6 @@
 #include "cdr/zip_format.h"
 
+#include <functional>
 #include <limits>
 
 #include <zlib.h>
@@ -149,6 +150,10 @@ bool is_valid_utf8(std::string_view text) {
 
 Status EntryNames::add(std::string_view name) {
   if (name.empty()) return fail(ErrorCode::kForbidden, "entry name is empty");
+  if (name.size() > kMaxEntryNameLength) {
+    return fail(ErrorCode::kLimitExceeded, "entry name of " + std::to_string(name.size()) + " bytes is longer than " +
+                                               std::to_string(kMaxEntryNameLength));
+  }
   if (!is_valid_utf8(name)) return refuse_name(name, "is not valid UTF-8");
   for (char c : name) {
     auto byte = static_cast<uint8_t>(c);
@@ -178,10 +183,11 @@ Status EntryNames::add(std::string_view name) {
     return refuse_name(name, "is in a second top-level folder (the first is " + quoted(top_folder_) + ")");
   }
 
-  auto [existing, inserted] = by_folded_name_.try_emplace(ascii_lowercase(name), name);
+  const size_t name_hash = std::hash<std::string_view>{}(name);
+  auto [existing, inserted] = by_folded_name_.try_emplace(ascii_lowercase(name), name_hash);
   if (!inserted) {
-    if (existing->second == name) return refuse_name(name, "appears twice");
-    return refuse_name(name, "differs from " + quoted(existing->second) + " only in letter case");
+    if (existing->second == name_hash) return refuse_name(name, "appears twice");
+    return refuse_name(name, "differs from an earlier name only in letter case");
   }
   return {};
 }

@@ -68,6 +68,11 @@ inline constexpr uint16_t kExtraUnicodePath = 0x7075;       // Info-ZIP: a secon
 inline constexpr uint16_t kExtraUnicodeComment = 0x6375;    // Info-ZIP: a second comment
 inline constexpr size_t kExtraHeaderSize = 4;               // id and length of one extra field
 
+// Longest entry name accepted. PyTorch's names are the archive folder (a file stem, at most 255 bytes on
+// common file systems) plus a short record name; the cap keeps a directory's memory proportional to its
+// entry count rather than to 64 KiB per name.
+inline constexpr size_t kMaxEntryNameLength = 1024;
+
 // torch.save aligns every entry's data to this many bytes (PyTorch's kFieldAlignment); so does ZipWriter.
 inline constexpr uint64_t kDataAlignment = 64;
 
@@ -104,7 +109,8 @@ uint32_t crc32_update(uint32_t crc, std::span<const uint8_t> bytes);
 //     directory entry (trailing '/');
 //   - at least two segments, the first of which (the top-level folder) is the same for every name;
 //   - unique, also when ASCII letters are compared without regard to case (case-insensitive file
-//     systems and loaders would otherwise see two entries as one).
+//     systems and loaders would otherwise see two entries as one);
+//   - at most kMaxEntryNameLength bytes (kLimitExceeded).
 // Violations are kForbidden errors without an offset (callers know where the name came from).
 class EntryNames {
  public:
@@ -114,7 +120,8 @@ class EntryNames {
 
  private:
   std::string top_folder_;
-  std::unordered_map<std::string, std::string> by_folded_name_;  // ASCII-lowercased name -> name as given
+  // ASCII-lowercased name -> hash of the name as given (tells an exact repeat from a case variant).
+  std::unordered_map<std::string, size_t> by_folded_name_;
 };
 
 // True when `text` is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF).

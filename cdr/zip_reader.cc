@@ -663,14 +663,13 @@ Status check_local_records(const ByteSource& source, std::vector<ZipEntry>& entr
 
 ZipDirectory::ZipDirectory(std::vector<ZipEntry> entries, std::string top_folder)
     : entries_(std::move(entries)), top_folder_(std::move(top_folder)), by_name_(entries_.size()) {
-  for (size_t i = 0; i < by_name_.size(); ++i) by_name_[i] = static_cast<uint32_t>(i);
-  std::sort(by_name_.begin(), by_name_.end(),
-            [this](uint32_t a, uint32_t b) { return entries_[a].name < entries_[b].name; });
+  for (size_t i = 0; i < by_name_.size(); ++i) by_name_[i] = i;
+  std::sort(by_name_.begin(), by_name_.end(), [this](size_t a, size_t b) { return entries_[a].name < entries_[b].name; });
 }
 
 const ZipEntry* ZipDirectory::find(std::string_view name) const {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                             [this](uint32_t index, std::string_view key) { return entries_[index].name < key; });
+                             [this](size_t index, std::string_view key) { return entries_[index].name < key; });
   if (it == by_name_.end() || entries_[*it].name != name) return nullptr;
   return &entries_[*it];
 }

@@ -73,7 +73,7 @@ class ZipDirectory {
  private:
   std::vector<ZipEntry> entries_;
   std::string top_folder_;
-  std::vector<uint32_t> by_name_;  // indices into entries_, sorted by name
+  std::vector<size_t> by_name_;  // indices into entries_, sorted by name
 };
 
 // Reads and validates everything but the entry data (which ZipEntryStream checks as it streams).

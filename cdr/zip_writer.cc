@@ -40,9 +40,6 @@ Status ZipWriter::begin_entry(std::string name, uint64_t size, std::optional<uin
     if (entry_open_) {
       return fail(ErrorCode::kInvalidArgument, "begin_entry while " + quoted(entries_.back().name) + " is open");
     }
-    if (name.size() > 0xFFFF) {
-      return fail(ErrorCode::kInvalidArgument, "entry name of " + std::to_string(name.size()) + " bytes is too long");
-    }
     ZG_TRY(names_.add(name));
     const uint64_t offset = archive_position();
     const bool zip64_sizes = sizes_need_zip64(size);

@@ -265,6 +265,12 @@ TEST(ZipReader, RefusesUnsafeNames) {
   }
 }
 
+TEST(ZipReader, RefusesOverlongNames) {
+  RawArchive archive = two_entries();
+  archive.entries[1].name = "model/" + std::string(zip::kMaxEntryNameLength, 'n');
+  expect_refused(assemble(archive).bytes, ErrorCode::kLimitExceeded, "longer than 1024");
+}
+
 TEST(ZipReader, RefusesASecondTopLevelFolder) {
   RawArchive archive = two_entries();
   archive.entries[1].name = "other/data/0";

@@ -214,7 +214,7 @@ TEST(ZipWriter, RefusesNamesTheReaderWouldRefuse) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"a/../b", "'.' or '..'"},          {"/a/b", "absolute"},          {"a\\b", "backslash"},
       {"a/b/", "directory entry"},        {"b", "top-level folder"},     {"other/b", "second top-level folder"},
-      {"a/first", "appears twice"},       {"a/FIRST", "letter case"},    {std::string(70000, 'a'), "too long"},
+      {"a/first", "appears twice"},       {"a/FIRST", "letter case"},    {"a/" + std::string(1100, 'n'), "longer than 1024"},
   };
   for (const auto& [name, reason] : cases) {
     SCOPED_TRACE(name.substr(0, 20));
