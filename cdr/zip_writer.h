@@ -2,7 +2,8 @@
 //
 // Streams an archive to a ByteSink front to back (it never seeks) with memory independent of entry
 // sizes. Output is deterministic: the same entries give the same bytes. The layout is the one torch.save
-// produces, so that PyTorch (also with mmap), Python's zipfile and zoogate's own strict reader all read it:
+// produces (PyTorch's mmap loading relies on its 64-byte data alignment), and torch.load, Python's
+// zipfile and zoogate's own strict reader read it:
 //   - per entry: a local header (flags: data descriptor and UTF-8 name; method stored; time 00:00 and
 //     date 1980-01-01; CRC and sizes zero, as the data descriptor carries them), the name, an extra field
 //     with zip64 sizes when needed, then torch's "FB" padding field filled with 'Z' so that the data
