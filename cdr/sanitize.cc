@@ -19,6 +19,7 @@
 #include "cdr/safetensors.h"
 #include "cdr/zip_reader.h"
 #include "cdr/zip_writer.h"
+#include "common/async_sha256.h"
 #include "common/checked.h"
 
 namespace zoogate::cdr {
@@ -181,7 +182,8 @@ class Sanitizer {
   const Policy& policy_;
   const SanitizeOptions& options_;
   SanitizeReport& report_;
-  std::vector<uint8_t> buffer_ = std::vector<uint8_t>(kCopyChunk);
+  std::vector<uint8_t> copy_buffers_[2] = {std::vector<uint8_t>(kCopyChunk), std::vector<uint8_t>(kCopyChunk)};
+  AsyncSha256 record_hash_;
 };
 
 Result<PickleParse> Sanitizer::parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
@@ -472,16 +474,21 @@ Status Sanitizer::sanitize_plain_pickle(HashingSink& output) {
 Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSink& sink) {
   auto reader = RecordReader::open(input_, source);
   if (!reader) return tl::unexpected(reader.error());
-  Sha256 hash;
-  while (true) {
-    auto got = reader->read(buffer_);
-    if (!got) return tl::unexpected(got.error());
+  // Two buffers take turns: while one is hashed on the worker thread and written out here, the next
+  // chunk is read into the other. The record digest then costs no time on this thread.
+  uint64_t tickets[2] = {0, 0};
+  auto drain = [&] { record_hash_.finish(); };  // the worker must be done with the buffers
+  for (size_t turn = 0;; turn ^= 1) {
+    std::vector<uint8_t>& buffer = copy_buffers_[turn];
+    record_hash_.wait_for(tickets[turn]);
+    auto got = reader->read(buffer);
+    if (!got) return drain(), tl::unexpected(got.error());
     if (*got == 0) break;
-    std::span<const uint8_t> chunk(buffer_.data(), *got);
-    hash.update(chunk);
-    ZG_TRY(sink.write(chunk));
+    std::span<const uint8_t> chunk(buffer.data(), *got);
+    tickets[turn] = record_hash_.update(chunk);
+    if (auto written = sink.write(chunk); !written) return drain(), tl::unexpected(written.error());
   }
-  return hash.finish();
+  return record_hash_.finish();
 }
 
 Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
@@ -508,7 +515,7 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
     hash.update(gathered);
     ZG_TRY(sink.write(gathered));
   }
-  auto tail = reader->read(buffer_);  // lets a zip stream verify its CRC at the end
+  auto tail = reader->read(copy_buffers_[0]);  // lets a zip stream verify its CRC at the end
   if (!tail) return tl::unexpected(tail.error());
   return hash.finish();
 }

@@ -28,41 +28,53 @@ Status HashingSink::write_bytes(std::span<const uint8_t> bytes) {
   return next_.write(bytes);
 }
 
-Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string& path, unsigned mode) {
+Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string& path, unsigned mode,
+                                                               Durability durability) {
   std::random_device entropy;
   uint8_t suffix[8];
   for (auto& byte : suffix) byte = static_cast<uint8_t>(entropy());
   std::string temp_path = path + ".tmp-" + to_hex(suffix);
   int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return fail(ErrorCode::kIo, "cannot create " + temp_path + ": " + std::strerror(errno));
-  return std::unique_ptr<AtomicFileSink>(new AtomicFileSink(fd, path, std::move(temp_path)));
+  return std::unique_ptr<AtomicFileSink>(new AtomicFileSink(fd, path, std::move(temp_path), durability));
 }
 
-AtomicFileSink::AtomicFileSink(int fd, std::string path, std::string temp_path)
-    : fd_(fd), path_(std::move(path)), temp_path_(std::move(temp_path)), buffer_(kFileBufferSize) {}
+AtomicFileSink::AtomicFileSink(int fd, std::string path, std::string temp_path, Durability durability)
+    : fd_(fd), path_(std::move(path)), temp_path_(std::move(temp_path)), durability_(durability),
+      buffer_(kFileBufferSize) {}
 
 AtomicFileSink::~AtomicFileSink() {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(temp_path_.c_str());
 }
 
-Status AtomicFileSink::flush() {
-  size_t done = 0;
-  while (done < buffered_) {
-    ssize_t n = ::write(fd_, buffer_.data() + done, buffered_ - done);
+Status AtomicFileSink::write_all(std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd_, bytes.data(), bytes.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(ErrorCode::kIo, "write to " + temp_path_ + " failed: " + std::strerror(errno));
     }
-    done += static_cast<size_t>(n);
+    written_ += static_cast<uint64_t>(n);
+    bytes = bytes.subspan(static_cast<size_t>(n));
   }
-  written_ += buffered_;
+  return {};
+}
+
+Status AtomicFileSink::flush() {
+  ZG_TRY(write_all(std::span<const uint8_t>(buffer_.data(), buffered_)));
   buffered_ = 0;
   return {};
 }
 
 Status AtomicFileSink::write_bytes(std::span<const uint8_t> bytes) {
   if (committed_) return fail(ErrorCode::kInternal, "write after commit to " + path_);
+  // Large writes go straight to the kernel: copying them through the buffer first would cost a
+  // memory pass over every tensor byte.
+  if (bytes.size() >= buffer_.size()) {
+    ZG_TRY(flush());
+    return write_all(bytes);
+  }
   while (!bytes.empty()) {
     if (buffered_ == buffer_.size()) ZG_TRY(flush());
     size_t take = std::min(bytes.size(), buffer_.size() - buffered_);
@@ -75,7 +87,7 @@ Status AtomicFileSink::write_bytes(std::span<const uint8_t> bytes) {
 
 Status AtomicFileSink::commit() {
   ZG_TRY(flush());
-  if (::fsync(fd_) != 0) return fail(ErrorCode::kIo, "fsync of " + temp_path_ + " failed: " + std::strerror(errno));
+  if (durability_ == Durability::kSynced && ::fsync(fd_) != 0) return fail(ErrorCode::kIo, "fsync of " + temp_path_ + " failed: " + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
