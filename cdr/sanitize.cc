@@ -159,6 +159,7 @@ class Sanitizer {
   Status sanitize_legacy(HashingSink& output);
   Status sanitize_plain_pickle(HashingSink& output);
   Status sanitize_npy(HashingSink& output);
+  Status sanitize_npz(const ZipDirectory& directory, HashingSink& output);
   Status sanitize_safetensors(HashingSink& output);
 
   Result<PickleParse> parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
@@ -231,6 +232,7 @@ Status Sanitizer::run(ByteSink& raw_output) {
 Status Sanitizer::sanitize_zip(HashingSink& output) {
   auto directory = read_zip_directory(input_, ZipLimits::from(policy_.limits));
   if (!directory) return tl::unexpected(directory.error());
+  if (directory->top_folder().empty()) return sanitize_npz(*directory, output);
   for (const auto& entry : directory->entries()) {
     std::string_view relative = std::string_view(entry.name).substr(directory->top_folder().size() + 1);
     if (is_torchscript_entry(relative)) {
@@ -805,6 +807,89 @@ Status Sanitizer::sanitize_npy(HashingSink& output) {
   if (!digest) return tl::unexpected(digest.error());
   add_record("data", file->data_size, *digest);
   report_.write_seconds = write_time.seconds();
+  return {};
+}
+
+// The first bytes of an input that is otherwise only streamed: enough for a header parser that
+// checks the total size but reads only the beginning. Reads past the prefix fail.
+class PrefixSource final : public ByteSource {
+ public:
+  PrefixSource(std::vector<uint8_t> prefix, uint64_t total_size)
+      : prefix_(std::move(prefix)), total_size_(total_size) {}
+  uint64_t size() const override { return total_size_; }
+  Status read_at(uint64_t offset, std::span<uint8_t> out) const override {
+    if (!range_fits(offset, out.size(), prefix_.size())) {
+      return fail(ErrorCode::kParse, "header is longer than the part of the entry read for it", offset);
+    }
+    std::memcpy(out.data(), prefix_.data() + offset, out.size());
+    return {};
+  }
+
+ private:
+  std::vector<uint8_t> prefix_;
+  uint64_t total_size_;
+};
+
+// Array names become file names on extraction; only plain ones are kept.
+bool is_plain_npz_member(std::string_view name) {
+  constexpr std::string_view kSuffix = ".npy";
+  if (name.size() <= kSuffix.size() || name.size() > 255 || !name.ends_with(kSuffix) || name.front() == '.') {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+           c == '.';
+  });
+}
+
+Status Sanitizer::sanitize_npz(const ZipDirectory& directory, HashingSink& output) {
+  Stopwatch time;
+  report_.container = "npz";
+  if (options_.format == OutputFormat::kSafetensors) {
+    return fail(ErrorCode::kUnsupported, "convert .npz files with numpy; --format safetensors takes PyTorch files");
+  }
+  report_.output_format = "npz";
+  const NpyLimits limits{policy_.limits.max_npy_header_size};
+  // An .npy header is at most its 10-byte preamble, the header length and its padding.
+  const uint64_t header_window = limits.max_header_size + 16;
+  ZipWriter zip(output);
+  for (const auto& entry : directory.entries()) {
+    if (!is_plain_npz_member(entry.name)) {
+      return fail(ErrorCode::kForbidden, "npz member " + entry.name + " is not a plainly named .npy array");
+    }
+    const RecordSource source{&entry, entry.data_offset, entry.size};
+    auto reader = RecordReader::open(input_, source);
+    if (!reader) return tl::unexpected(reader.error());
+    std::vector<uint8_t> prefix(static_cast<size_t>(std::min(entry.size, header_window)));
+    ZG_TRY(reader->read_exact(prefix));
+    auto file = parse_npy_header(PrefixSource(prefix, entry.size), limits);
+    if (!file) return tl::unexpected(file.error().with_context(entry.name));
+
+    MemorySink header;
+    ZG_TRY(write_npy_header(file->header, header));
+    ZG_TRY(zip.begin_entry(entry.name, header.position() + file->data_size));
+    ZipEntrySink member(zip);
+    Sha256 hash;
+    hash.update(header.bytes());
+    ZG_TRY(member.write(std::span<const uint8_t>(header.bytes())));
+    // The prefix may already hold the first data bytes; the rest is streamed.
+    std::span<const uint8_t> data_start = std::span<const uint8_t>(prefix).subspan(file->data_offset);
+    hash.update(data_start);
+    ZG_TRY(member.write(data_start));
+    while (true) {
+      auto got = reader->read(copy_buffers_[0]);
+      if (!got) return tl::unexpected(got.error().with_context(entry.name));
+      if (*got == 0) break;
+      std::span<const uint8_t> chunk(copy_buffers_[0].data(), *got);
+      hash.update(chunk);
+      ZG_TRY(member.write(chunk));
+    }
+    ZG_TRY(zip.end_entry());
+    add_record(entry.name, member.position(), hash.finish());
+  }
+  ZG_TRY(zip.finish());
+  report_.parse_seconds = 0;
+  report_.write_seconds = time.seconds();
   return {};
 }
 

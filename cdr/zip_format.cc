@@ -176,10 +176,16 @@ Status EntryNames::add(std::string_view name) {
     if (segments++ == 0) first_segment = segment;
     start = end + 1;
   }
-  if (segments < 2) return refuse_name(name, "is not inside a top-level folder");
-  if (top_folder_.empty()) {
-    top_folder_ = std::string(first_segment);
-  } else if (first_segment != top_folder_) {
+  const NameLayout layout = segments == 1 ? NameLayout::kFlat : NameLayout::kOneTopFolder;
+  if (!layout_) {
+    layout_ = layout;
+    if (layout == NameLayout::kOneTopFolder) top_folder_ = std::string(first_segment);
+  } else if (layout != *layout_) {
+    return refuse_name(name, layout == NameLayout::kFlat
+                                 ? "is not inside a top-level folder, unlike the names before it (in " +
+                                       quoted(top_folder_) + ")"
+                                 : "is inside a folder, unlike the names at the top level before it");
+  } else if (layout == NameLayout::kOneTopFolder && first_segment != top_folder_) {
     return refuse_name(name, "is in a second top-level folder (the first is " + quoted(top_folder_) + ")");
   }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -107,18 +108,22 @@ uint32_t crc32_update(uint32_t crc, std::span<const uint8_t> bytes);
 //   - valid UTF-8 with no control characters (NUL included), no '\\' and no ':';
 //   - relative paths of '/'-separated segments, none empty, "." or "..", so never absolute and never a
 //     directory entry (trailing '/');
-//   - at least two segments, the first of which (the top-level folder) is the same for every name;
+//   - either every name has at least two segments, the first of which (the top-level folder) is the
+//     same for every name (PyTorch archives), or every name is a single segment (NumPy .npz files);
 //   - unique, also when ASCII letters are compared without regard to case (case-insensitive file
 //     systems and loaders would otherwise see two entries as one);
 //   - at most kMaxEntryNameLength bytes (kLimitExceeded).
 // Violations are kForbidden errors without an offset (callers know where the name came from).
+enum class NameLayout { kOneTopFolder, kFlat };
+
 class EntryNames {
  public:
   Status add(std::string_view name);
-  // Empty until the first name was accepted.
+  // Empty until the first name was accepted, and for flat archives.
   const std::string& top_folder() const { return top_folder_; }
 
  private:
+  std::optional<NameLayout> layout_;  // set by the first name
   std::string top_folder_;
   // ASCII-lowercased name -> hash of the name as given (tells an exact repeat from a case variant).
   std::unordered_map<std::string, size_t> by_folded_name_;

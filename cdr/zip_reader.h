@@ -65,7 +65,8 @@ class ZipDirectory {
 
   // In archive order, which is also the order of the data in the file.
   const std::vector<ZipEntry>& entries() const { return entries_; }
-  // The one top-level folder every name starts with ("archive" for recent torch.save files).
+  // The one top-level folder every name starts with ("archive" for recent torch.save files); empty
+  // when every name is at the top level (.npz files).
   const std::string& top_folder() const { return top_folder_; }
   // The entry with exactly this full name ("archive/data.pkl"), or nullptr. O(log n).
   const ZipEntry* find(std::string_view name) const;

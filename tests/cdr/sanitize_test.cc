@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cdr/npy.h"
 #include "cdr/pickle_vm.h"
 #include "cdr/pickle_writer.h"
 #include "cdr/safetensors.h"
@@ -218,6 +219,31 @@ TEST(Sanitize, ConvertsToSafetensorsAndSaysWhatItChanged) {
   ASSERT_TRUE(data);
   Bytes expected = {0, 0, 128, 63, 0, 0, 64, 64, 0, 0, 0, 64, 0, 0, 128, 64};
   EXPECT_EQ(*data, expected);
+}
+
+Bytes npy_of(const Bytes& data) {
+  NpyHeader header;
+  header.descr = NumpyDescr{'<', 'f', 4, ""};
+  header.shape = {data.size() / 4};
+  MemorySink sink;
+  EXPECT_TRUE(write_npy_header(header, sink));
+  EXPECT_TRUE(sink.write(std::span<const uint8_t>(data)));
+  return sink.take();
+}
+
+TEST(Sanitize, RebuildsNpzArchivesMemberByMember) {
+  Outcome result = run(archive({{"weights.npy", npy_of(kStorage)}, {"bias.npy", npy_of({0, 0, 0, 0})}}));
+  ASSERT_EQ(result.report.verdict, Verdict::kClean) << result.report.error->describe();
+  EXPECT_EQ(result.report.container, "npz");
+  ASSERT_EQ(result.report.records.size(), 2u);
+  EXPECT_EQ(result.report.records[0].name, "weights.npy");
+  EXPECT_EQ(result.report.records[0].sha256, Sha256::of(npy_of(kStorage)));
+}
+
+TEST(Sanitize, BlocksNpzMembersThatAreNotPlainArrays) {
+  expect_blocked(run(archive({{"weights.npy", npy_of(kStorage)}, {"payload.pkl", bytes_of("\x80\x02N.")}})),
+                 ErrorCode::kForbidden, "payload.pkl");
+  expect_blocked(run(archive({{"weights.npy", bytes_of("\x80\x02N.")}})), ErrorCode::kParse, "weights.npy");
 }
 
 // The legacy format, as Debian's PyTorch writes it, becomes a current archive; a byte appended after

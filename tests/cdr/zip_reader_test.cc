@@ -271,6 +271,21 @@ TEST(ZipReader, RefusesOverlongNames) {
   expect_refused(assemble(archive).bytes, ErrorCode::kLimitExceeded, "longer than 1024");
 }
 
+TEST(ZipReader, AcceptsFlatNamesOnlyWhenEveryNameIsFlat) {
+  RawArchive flat = two_entries();
+  flat.entries[0].name = "weights.npy";
+  flat.entries[1].name = "bias.npy";
+  Assembled built = assemble(flat);
+  MemorySource source(built.bytes);
+  auto directory = read_zip_directory(source, ZipLimits{});
+  ASSERT_TRUE(directory) << directory.error().describe();
+  EXPECT_EQ(directory->top_folder(), "");
+
+  RawArchive mixed = two_entries();
+  mixed.entries[0].name = "weights.npy";
+  expect_refused(assemble(mixed).bytes, ErrorCode::kForbidden, "unlike the names at the top level");
+}
+
 TEST(ZipReader, RefusesASecondTopLevelFolder) {
   RawArchive archive = two_entries();
   archive.entries[1].name = "other/data/0";

@@ -213,7 +213,7 @@ TEST(ZipWriter, RefusesMisuseAndStaysFailed) {
 TEST(ZipWriter, RefusesNamesTheReaderWouldRefuse) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"a/../b", "'.' or '..'"},          {"/a/b", "absolute"},          {"a\\b", "backslash"},
-      {"a/b/", "directory entry"},        {"b", "top-level folder"},     {"other/b", "second top-level folder"},
+      {"a/b/", "directory entry"},        {"b", "not inside a top-level folder"},     {"other/b", "second top-level folder"},
       {"a/first", "appears twice"},       {"a/FIRST", "letter case"},    {"a/" + std::string(1100, 'n'), "longer than 1024"},
   };
   for (const auto& [name, reason] : cases) {
