@@ -68,7 +68,10 @@ class Sanitized:
             self.report_error = f"{type(error).__name__}: {error}"
 
     def describe(self):
-        return f"exit {self.returncode}, stderr: {self.stderr.strip()[-2000:]}"
+        """Exit code, the report's verdict and error, and stderr: what a failing test shows."""
+        report = self.report or {}
+        return (f"exit {self.returncode}, verdict {report.get('verdict')!r}, error {report.get('error')!r}, "
+                f"stderr: {self.stderr.strip()[-2000:]}")
 
 
 def scan_exit_code(source):
