@@ -134,6 +134,7 @@ Result<NodeId> PickleMachine::resolve_global(std::string_view module, std::strin
 // Calls
 
 Result<NodeId> PickleMachine::call(Op op, NodeId callable, NodeId args) {
+  discarded_ = true;  // the callable and its arguments are consumed
   if (callable == kPoison || args == kPoison) return kPoison;
   const auto* global = get<GlobalValue>(callable);
   if (!global) {
@@ -455,6 +456,7 @@ Result<NodeId> PickleMachine::operator_call(const CallSite& site) {
 // BUILD
 
 Status PickleMachine::build() {
+  discarded_ = true;  // the state is consumed (copied, or checked and dropped)
   ZG_ASSIGN_OR_RETURN(NodeId state, pop());
   ZG_ASSIGN_OR_RETURN(NodeId* target, top());
   if (*target == kPoison) return {};
@@ -583,6 +585,7 @@ Result<NodeId> PickleMachine::build_numpy_dtype(NodeId target, NodeId state) {
 // Persistent ids
 
 Result<NodeId> PickleMachine::persistent_id(NodeId pid) {
+  discarded_ = true;  // the id tuple is consumed
   if (pid == kPoison) return kPoison;
   const std::string construct = "BINPERSID of " + describe(pid);
   if (options_.persistent_ids == PersistentIdMode::kNone) {

@@ -41,22 +41,40 @@ uint64_t hash_int(const IntValue& value) {
   return value.big.empty() ? static_cast<uint64_t>(value.small) : hash_text(value.big, kTagBigInt);
 }
 
-// The exact integer a numeric key stands for, when it stands for one (bool, int, integral float).
-std::optional<IntValue> as_integer(const Value& value) {
-  if (const auto* b = std::get_if<bool>(&value)) return IntValue{*b ? 1 : 0, {}};
-  if (const auto* i = std::get_if<IntValue>(&value)) return *i;
-  if (const auto* f = std::get_if<FloatValue>(&value)) return exact_int_of_double(f->value);
-  return std::nullopt;
-}
-
 bool is_numeric(const Value& value) {
   return std::holds_alternative<bool>(value) || std::holds_alternative<IntValue>(value) ||
          std::holds_alternative<FloatValue>(value);
 }
 
+// Python's int == int for bool and IntValue operands (True is 1).
+bool integer_equal(const Value& a, const Value& b) {
+  auto small_of = [](const Value& value, int64_t& small) {
+    if (const auto* flag = std::get_if<bool>(&value)) {
+      small = *flag ? 1 : 0;
+      return true;
+    }
+    const auto& integer = std::get<IntValue>(value);
+    small = integer.small;
+    return integer.big.empty();
+  };
+  int64_t x = 0, y = 0;
+  bool x_small = small_of(a, x), y_small = small_of(b, y);
+  if (x_small || y_small) return x_small && y_small && x == y;
+  return std::get<IntValue>(a).big == std::get<IntValue>(b).big;
+}
+
+// Python's float == int: only an integral float can equal an integer, and then exactly.
+bool float_equals_integer(double number, const Value& integer) {
+  std::optional<IntValue> exact = exact_int_of_double(number);
+  if (!exact) return false;
+  Value as_value = std::move(*exact);
+  return integer_equal(as_value, integer);
+}
+
 }  // namespace
 
 std::optional<uint64_t> KeyOps::leaf_hash(const Value& value) const {
+  if (const auto* integer = std::get_if<IntValue>(&value)) return hash_int(*integer);  // the common key
   if (std::holds_alternative<NoneValue>(value)) return mix(kTagNone);
   if (const auto* s = std::get_if<StrValue>(&value)) return hash_text(s->utf8, kTagStr);
   if (const auto* b = std::get_if<BytesValue>(&value)) {
@@ -71,7 +89,7 @@ std::optional<uint64_t> KeyOps::leaf_hash(const Value& value) const {
     if (auto integer = exact_int_of_double(f->value)) return hash_int(*integer);
     return mix(std::bit_cast<uint64_t>(f->value) ^ kTagFloat);
   }
-  if (is_numeric(value)) return hash_int(*as_integer(value));
+  if (const auto* flag = std::get_if<bool>(&value)) return *flag ? 1 : 0;  // as the ints 1 and 0
   return std::nullopt;
 }
 
@@ -124,9 +142,9 @@ bool KeyOps::leaf_equal(const Value& a, const Value& b) const {
     const auto* fa = std::get_if<FloatValue>(&a);
     const auto* fb = std::get_if<FloatValue>(&b);
     if (fa && fb) return fa->value == fb->value;  // IEEE: NaN != NaN, -0.0 == 0.0
-    std::optional<IntValue> ia = as_integer(a);
-    std::optional<IntValue> ib = as_integer(b);
-    return ia && ib && *ia == *ib;
+    if (fa) return float_equals_integer(fa->value, b);
+    if (fb) return float_equals_integer(fb->value, a);
+    return integer_equal(a, b);
   }
   if (a.index() != b.index()) return false;
   if (std::holds_alternative<NoneValue>(a)) return true;

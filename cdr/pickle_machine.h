@@ -8,6 +8,7 @@
 // still waiting for their BUILD) may be consumed by calls but never enter the output tree.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -37,6 +38,7 @@ inline constexpr NodeId kPoison = 0xFFFFFFFF;           // a disarmed construct
 inline constexpr NodeId kNoNode = 0xFFFFFFFE;           // an empty memo slot, an unset cache entry
 inline constexpr uint64_t kMaxNodes = 0xFFFFFF00;       // node ids stay clear of the sentinels
 inline constexpr size_t kMaxBuiltinArgs = 8;            // no allowlisted callable takes more
+inline constexpr size_t kMinMetaSlots = 1024;
 
 enum class Op : uint8_t {
   kMark = '(', kStop = '.', kPop = '0', kPopMark = '1', kDup = '2', kFloat = 'F', kInt = 'I',
@@ -85,6 +87,30 @@ class PickleReader {
   std::vector<uint8_t> buffer_;
 };
 
+// The VM stack (all MARK levels in one array): push_back stays inline, growth is out of line.
+class NodeStack {
+ public:
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  NodeId& back() { return items_[size_ - 1]; }
+  NodeId& operator[](size_t index) { return items_[index]; }
+  void push_back(NodeId id) {
+    if (size_ == items_.size()) [[unlikely]] grow();
+    items_[size_++] = id;
+  }
+  void pop_back() { --size_; }
+  // Drops the items from `size` on; never grows the stack.
+  void resize(size_t size) { size_ = size; }
+  // The items from `first` to the top.
+  std::span<const NodeId> from(size_t first) const { return {items_.data() + first, size_ - first}; }
+
+ private:
+  static constexpr size_t kInitialSlots = 256;
+  void grow() { items_.resize(std::max(kInitialSlots, 2 * items_.size())); }
+  std::vector<NodeId> items_;
+  size_t size_ = 0;
+};
+
 enum NodeFlag : uint8_t {
   kNotValue = 1 << 0,       // may be consumed by a call, never enter the output tree
   kHoldsNotValue = 1 << 1,  // a tuple that held a kNotValue node when it was made
@@ -115,10 +141,35 @@ class PickleMachine {
 
  private:
   // ---- pickle_vm.cc: input ----
+  // One opcode: the frequent, small ones inline, the rest in the op_* helpers below, so that the
+  // dispatcher's frame stays small.
   Status execute(uint8_t op);
-  Status need(uint64_t n);
-  Status check_available(uint64_t n);
-  Result<uint64_t> read_uint(size_t width);
+  Status op_text_number(uint8_t op);
+  Status op_long(uint8_t op);
+  Status op_string(uint8_t op);
+  Status push_operand(uint64_t length, bool is_str, bool is_bytearray);
+  Status op_from_mark(uint8_t op);
+  Status op_mutate(uint8_t op);
+  Status op_text_memo(uint8_t op);
+  Status op_global(uint8_t op);
+  Status op_call(uint8_t op);
+  Status op_persistent_id(uint8_t op);
+  Status op_readonly_buffer();
+  // Makes the next `n` bytes of the current frame (or input) addressable through reader_.data().
+  [[gnu::always_inline]] Status need(uint64_t n) {
+    if (n <= end_ - reader_.offset()) [[likely]] return reader_.ensure(static_cast<size_t>(n));
+    return truncated();
+  }
+  Status check_available(uint64_t n) { return n <= end_ - reader_.offset() ? Status{} : truncated(); }
+  [[gnu::cold]] tl::unexpected<Error> truncated() const;
+  // A little-endian unsigned operand of `width` bytes (at most 8).
+  [[gnu::always_inline]] Result<uint64_t> read_uint(size_t width) {
+    ZG_TRY(need(width));
+    uint64_t value = 0;
+    for (size_t i = width; i-- > 0;) value = (value << 8) | reader_.data()[i];
+    reader_.skip(width);
+    return value;
+  }
   Result<std::string_view> read_line();
   Result<std::string> read_text_operand(uint64_t length);
   Result<uint64_t> read_length(size_t width, bool is_signed);
@@ -134,10 +185,25 @@ class PickleMachine {
 
   // ---- pickle_vm.cc: nodes, stack, memo ----
   template <typename T>
-  NodeId add(T&& value, uint32_t depth = 0, uint8_t flags = 0, GlobalKind global = GlobalKind::kNone) {
+  [[gnu::always_inline]] NodeId add(T&& value, uint32_t depth = 0, uint8_t flags = 0, GlobalKind global = GlobalKind::kNone) {
+    auto id = static_cast<NodeId>(tree_.nodes.size());
     tree_.nodes.emplace_back(std::in_place_type<std::decay_t<T>>, std::forward<T>(value));
-    meta_.push_back(NodeMeta{depth, global, flags});
-    return static_cast<NodeId>(tree_.nodes.size() - 1);
+    set_meta(id, NodeMeta{depth, global, flags});
+    return id;
+  }
+  // meta_ runs ahead of the tree in large steps, so that this stays a plain store.
+  [[gnu::always_inline]] void set_meta(NodeId id, NodeMeta meta) {
+    if (id >= meta_.size()) [[unlikely]] meta_.resize(std::max<size_t>(2 * meta_.size(), kMinMetaSlots));
+    meta_[id] = meta;
+  }
+  // Appends a default T built in place and returns it for filling. For the hot node kinds that hold a
+  // std::string, this saves moving a temporary (a memcpy call even when the string is empty).
+  template <typename T>
+  [[gnu::always_inline]] T& add_in_place(NodeId& id, uint32_t depth = 0) {
+    id = static_cast<NodeId>(tree_.nodes.size());
+    Value& value = tree_.nodes.emplace_back(std::in_place_type<T>);
+    set_meta(id, NodeMeta{depth, GlobalKind::kNone, 0});
+    return *std::get_if<T>(&value);
   }
   const Value* value_of(NodeId id) const { return id < tree_.nodes.size() ? &tree_.nodes[id] : nullptr; }
   template <typename T>
@@ -148,8 +214,14 @@ class PickleMachine {
   Status check_depth(uint64_t depth) const;
   Result<uint32_t> depth_above(std::span<const NodeId> children) const;
   Status deepen(NodeId container, NodeId child);
-  NodeId singleton(NodeId& cache, Value value);
-  Status push(NodeId id);
+  template <typename T>
+  NodeId singleton(NodeId& cache, T value);
+  [[gnu::always_inline]] Status push(NodeId id) {
+    if (stack_.size() >= limits_.max_stack_depth) [[unlikely]] return stack_full();
+    stack_.push_back(id);
+    return {};
+  }
+  [[gnu::cold]] tl::unexpected<Error> stack_full() const;
   Result<NodeId> pop();
   Result<NodeId*> top();
   size_t frame_base() const { return marks_.empty() ? 0 : marks_.back(); }
@@ -169,7 +241,7 @@ class PickleMachine {
   Status mutate(size_t slot, std::span<const NodeId> items);
   Result<std::optional<uint32_t>> find_key(NodeId owner, uint32_t count, NodeId key, uint64_t hash);
   Result<PickleParse> finish();
-  void drop_unreachable(NodeId root);
+  void drop_unreachable();
   std::string describe(NodeId id) const;
 
   // ---- pickle_calls.cc ----
@@ -191,7 +263,6 @@ class PickleMachine {
   Result<NodeId> build_on(NodeId target, NodeId state);
   Result<NodeId> build_numpy_array(NodeId target, NodeId state);
   Result<NodeId> build_numpy_dtype(NodeId target, NodeId state);
-  Result<NodeId> build_attributes(NodeId target, NodeId state);
   Result<NodeId> persistent_id(NodeId pid);
   bool is_global(NodeId id, GlobalKind kind) const;
   bool is_empty_ordered_dict(NodeId id) const;
@@ -202,7 +273,7 @@ class PickleMachine {
 
   const ByteSource& source_;
   const Policy& policy_;
-  const Limits& limits_;
+  const Limits limits_;  // a copy: one load per check on the hot path
   const PickleParseOptions& options_;
   PickleReader reader_;
   uint64_t end_;             // where the current frame, or else the input, ends
@@ -216,14 +287,17 @@ class PickleMachine {
   uint8_t max_op_protocol_ = 0;
 
   ValueTree tree_;
-  std::vector<NodeMeta> meta_;
-  std::vector<NodeId> stack_;
+  std::vector<NodeMeta> meta_;   // indexed by node id; may be longer than tree_.nodes
+  NodeStack stack_;
   std::vector<size_t> marks_;  // stack sizes at each open MARK
   // The memo: indices near the number of entries live in a vector, others in a hash map, so memory
   // follows the entries written, never an index the input names.
   std::vector<NodeId> memo_dense_;
   std::unordered_map<uint64_t, NodeId> memo_sparse_;
   uint64_t memo_entries_ = 0;
+  // Set by every operation that may leave a node unreferenced (a consumed call, a POP, a finding...);
+  // without one, every node is reachable and the final sweep is skipped.
+  bool discarded_ = false;
   NodeId none_ = kNoNode, true_ = kNoNode, false_ = kNoNode, empty_tuple_ = kNoNode;
   std::unordered_map<std::string, NodeId> global_nodes_;     // allowed globals, one node each
   std::unordered_set<std::string> globals_seen_keys_;

@@ -23,10 +23,11 @@ constexpr uint64_t kDenseMemoSlack = 1024;        // memo indices this far past 
 constexpr uint32_t kKeyIndexThreshold = 8;        // containers this small are searched linearly
 constexpr uint64_t kProbeStepsPerLookup = 32;     // key index work allowed per lookup, on average...
 constexpr uint64_t kProbeStepsSlack = 1 << 20;    // ...plus this much, before the input counts as flooding
-// The tree is pre-sized from the input size (small-object pickles run one node per 4 to 12 bytes),
-// so that large pickles do not pay for regrowth; reserved pages that are never touched cost nothing.
-constexpr uint64_t kBytesPerNodeEstimate = 4;
-constexpr size_t kMaxReservedNodes = size_t{16} << 20;
+// The tree is pre-sized from the input size (small-object pickles run one node per 3 to 12 bytes),
+// so that they do not pay for regrowth, which moves every node; reserved pages that are never touched
+// cost no memory. Beyond the cap the tree grows as usual.
+constexpr uint64_t kBytesPerNodeEstimate = 3;
+constexpr size_t kMaxReservedNodes = size_t{4} << 20;
 constexpr uintptr_t kHugePageSize = uintptr_t{2} << 20;
 constexpr size_t kMaxFindings = 10'000;           // more disarmed constructs than this: refuse the file
 
@@ -67,6 +68,13 @@ constexpr std::array<OpInfo, 256> make_op_table() {
 
 constexpr std::array<OpInfo, 256> kOpTable = make_op_table();
 
+// The protocol column alone, a quarter of a cache line per 16 opcodes, for the per-opcode lookup.
+constexpr std::array<uint8_t, 256> kOpProtocols = [] {
+  std::array<uint8_t, 256> protocols{};
+  for (size_t op = 0; op < protocols.size(); ++op) protocols[op] = kOpTable[op].protocol;
+  return protocols;
+}();
+
 // Asks the kernel to back the whole 2 MiB pages of a large, freshly reserved array with huge pages:
 // filling the value tree otherwise spends as much time in page faults as in parsing. A hint only;
 // failure changes nothing.
@@ -77,12 +85,6 @@ void advise_huge_pages(const void* data, size_t bytes) {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
-uint64_t load_le(const uint8_t* bytes, size_t width) {
-  uint64_t value = 0;
-  for (size_t i = width; i-- > 0;) value = (value << 8) | bytes[i];
-  return value;
-}
-
 }  // namespace
 
 std::string op_name(uint8_t op) {
@@ -91,7 +93,7 @@ std::string op_name(uint8_t op) {
   return std::string("opcode 0x") + kHex[op >> 4] + kHex[op & 0xF];
 }
 
-uint8_t op_protocol(uint8_t op) { return kOpTable[op].protocol; }
+uint8_t op_protocol(uint8_t op) { return kOpProtocols[op]; }
 
 std::string printable(std::string_view text) {
   constexpr size_t kMaxShown = 200;
@@ -166,6 +168,7 @@ tl::unexpected<Error> PickleMachine::limit_error(std::string_view limit, uint64_
 }
 
 Result<NodeId> PickleMachine::forbid(FindingKind kind, std::string construct, std::string reason) {
+  discarded_ = true;
   Action action = policy_.action_for(kind);
   if (action == Action::kBlock) {
     return fail(ErrorCode::kForbidden, std::string(to_string(kind)) + ": " + construct + ": " + reason, op_offset_);
@@ -209,23 +212,14 @@ std::string PickleMachine::describe(NodeId id) const {
 // ---------------------------------------------------------------------------------------------
 // Input
 
-Status PickleMachine::need(uint64_t n) {
-  if (n <= end_ - reader_.offset()) return reader_.ensure(static_cast<size_t>(n));
-  return check_available(n);
+tl::unexpected<Error> PickleMachine::stack_full() const {
+  return limit_error("max_stack_depth", stack_.size() + 1, limits_.max_stack_depth);
 }
 
-Status PickleMachine::check_available(uint64_t n) {
-  if (n <= end_ - reader_.offset()) return {};
+tl::unexpected<Error> PickleMachine::truncated() const {
   if (in_frame_) return parse_error("operand runs past the end of the FRAME at offset " + std::to_string(frame_end_));
-  return parse_error("truncated operand: needs " + std::to_string(n) + " bytes at offset " +
-                     std::to_string(reader_.offset()) + ", input ends at " + std::to_string(source_.size()));
-}
-
-Result<uint64_t> PickleMachine::read_uint(size_t width) {
-  ZG_TRY(need(width));
-  uint64_t value = load_le(reader_.data(), width);
-  reader_.skip(width);
-  return value;
+  return parse_error("truncated operand at offset " + std::to_string(reader_.offset()) + ": the input ends at " +
+                     std::to_string(source_.size()));
 }
 
 Result<uint64_t> PickleMachine::read_length(size_t width, bool is_signed) {
@@ -237,8 +231,14 @@ Result<uint64_t> PickleMachine::read_length(size_t width, bool is_signed) {
 
 Result<std::string> PickleMachine::read_text_operand(uint64_t length) {
   ZG_TRY(check_available(length));
-  std::string out(static_cast<size_t>(length), '\0');
-  ZG_TRY(reader_.read(out.size(), out.data()));
+  auto size = static_cast<size_t>(length);
+  if (size <= reader_.buffered()) {  // the common case: copy straight out of the window
+    std::string out(reinterpret_cast<const char*>(reader_.data()), size);
+    reader_.skip(size);
+    return out;
+  }
+  std::string out(size, '\0');
+  ZG_TRY(reader_.read(size, out.data()));
   return out;
 }
 
@@ -309,21 +309,10 @@ Status PickleMachine::deepen(NodeId container, NodeId child) {
 }
 
 // None, True, False and () are singletons in Python; sharing their node keeps that identity.
-NodeId PickleMachine::singleton(NodeId& cache, Value value) {
-  if (cache == kNoNode) {
-    tree_.nodes.push_back(std::move(value));
-    meta_.push_back(NodeMeta{});
-    cache = static_cast<NodeId>(tree_.nodes.size() - 1);
-  }
+template <typename T>
+inline NodeId PickleMachine::singleton(NodeId& cache, T value) {
+  if (cache == kNoNode) cache = add(std::move(value));
   return cache;
-}
-
-Status PickleMachine::push(NodeId id) {
-  if (stack_.size() >= limits_.max_stack_depth) {
-    return limit_error("max_stack_depth", stack_.size() + 1, limits_.max_stack_depth);
-  }
-  stack_.push_back(id);
-  return {};
 }
 
 Result<NodeId> PickleMachine::pop() {
@@ -350,12 +339,15 @@ Result<size_t> PickleMachine::pop_mark() {
 Result<NodeId> PickleMachine::make_tuple(std::span<const NodeId> items) {
   if (items.empty()) return singleton(empty_tuple_, TupleValue{});
   uint8_t flags = 0;
+  uint32_t deepest = 0;
   for (NodeId item : items) {
     if (item == kPoison) return kPoison;
-    if (meta_[item].flags & (kNotValue | kHoldsNotValue)) flags = kHoldsNotValue;
+    const NodeMeta& meta = meta_[item];
+    if (meta.flags & (kNotValue | kHoldsNotValue)) flags = kHoldsNotValue;
+    deepest = std::max(deepest, meta.depth);
   }
-  ZG_ASSIGN_OR_RETURN(uint32_t depth, depth_above(items));
-  return add(TupleValue{std::vector<NodeId>(items.begin(), items.end())}, depth, flags);
+  ZG_TRY(check_depth(uint64_t{deepest} + 1));
+  return add(TupleValue{std::vector<NodeId>(items.begin(), items.end())}, deepest + 1, flags);
 }
 
 Status PickleMachine::memo_put(uint64_t index) {
@@ -364,7 +356,9 @@ Status PickleMachine::memo_put(uint64_t index) {
   NodeId item = stack_.back();
   bool is_new = false;
   if (index < memo_dense_.size() || index <= 2 * memo_entries_ + kDenseMemoSlack) {
-    if (index >= memo_dense_.size()) memo_dense_.resize(static_cast<size_t>(index) + 1, kNoNode);
+    if (index >= memo_dense_.size()) {
+      memo_dense_.resize(std::max<size_t>(static_cast<size_t>(index) + 1, 2 * memo_dense_.size()), kNoNode);
+    }
     NodeId& slot = memo_dense_[static_cast<size_t>(index)];
     // An index first written while it was out of dense reach lives in the sparse map: move it here.
     is_new = slot == kNoNode && (memo_sparse_.empty() || memo_sparse_.erase(index) == 0);
@@ -485,6 +479,7 @@ Status PickleMachine::dict_set(NodeId dict, NodeId key, NodeId value) {
   ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position, find_key(dict, static_cast<uint32_t>(items.size()), key, *hash));
   if (position) {
     items[*position].second = value;  // Python keeps the first key object and takes the last value
+    discarded_ = true;
   } else {
     items.emplace_back(key, value);
   }
@@ -498,7 +493,10 @@ Status PickleMachine::set_add(NodeId set, NodeId item) {
   if (!allowed) return {};
   auto& items = std::get<SetValue>(tree_.nodes[set]).items;
   ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position, find_key(set, static_cast<uint32_t>(items.size()), item, *hash));
-  if (position) return {};  // the first one stays
+  if (position) {
+    discarded_ = true;  // the first one stays
+    return {};
+  }
   items.push_back(item);
   return deepen(set, item);
 }
@@ -570,23 +568,26 @@ Result<PickleParse> PickleMachine::run() {
   }
   size_t reserve = static_cast<size_t>(std::min<uint64_t>(source_.size() / kBytesPerNodeEstimate, kMaxReservedNodes));
   tree_.nodes.reserve(reserve);
-  meta_.reserve(reserve);
+  meta_.reserve(reserve);  // filled in steps by add(): only what is used gets touched
   advise_huge_pages(tree_.nodes.data(), reserve * sizeof(Value));
   advise_huge_pages(meta_.data(), reserve * sizeof(NodeMeta));
   for (;;) {
     op_offset_ = reader_.offset();
-    if (in_frame_ && op_offset_ == frame_end_) {
-      in_frame_ = false;
-      end_ = source_.size();
+    if (op_offset_ >= end_) [[unlikely]] {
+      // At the end of a frame the stream goes on unframed; at the end of the input it must have stopped.
+      if (in_frame_) {
+        in_frame_ = false;
+        end_ = source_.size();
+      }
+      if (op_offset_ >= end_) return fail(ErrorCode::kParse, "pickle ends without STOP", op_offset_);
     }
-    if (op_offset_ >= end_) return fail(ErrorCode::kParse, "pickle ends without STOP", op_offset_);
     ZG_TRY(reader_.ensure(1));
     op_ = *reader_.data();
     reader_.skip(1);
     if (++opcode_count_ > limits_.max_opcodes) return limit_error("max_opcodes", opcode_count_, limits_.max_opcodes);
     // Each opcode adds at most a few nodes, so this keeps ids below the sentinels.
     if (tree_.nodes.size() >= kMaxNodes) return limit_error("the value tree's node count", tree_.nodes.size(), kMaxNodes);
-    max_op_protocol_ = std::max(max_op_protocol_, op_protocol(op_));
+    if (!saw_proto_) max_op_protocol_ = std::max(max_op_protocol_, op_protocol(op_));
     if (op_ == static_cast<uint8_t>(Op::kStop)) return finish();
     ZG_TRY(execute(op_));
   }
@@ -594,7 +595,6 @@ Result<PickleParse> PickleMachine::run() {
 
 Status PickleMachine::execute(uint8_t op) {
   switch (static_cast<Op>(op)) {
-    // ---- stack and mark ----
     case Op::kMark:
       if (marks_.size() >= limits_.max_nesting_depth) {
         return limit_error("max_nesting_depth", marks_.size() + 1, limits_.max_nesting_depth);
@@ -604,6 +604,7 @@ Status PickleMachine::execute(uint8_t op) {
     case Op::kPop:
       if (stack_.size() > frame_base()) {
         stack_.pop_back();
+        discarded_ = true;
       } else if (!marks_.empty()) {
         marks_.pop_back();  // as in Python: POP on an empty mark frame discards the MARK
       } else {
@@ -612,6 +613,7 @@ Status PickleMachine::execute(uint8_t op) {
       return {};
     case Op::kPopMark: {
       ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
+      discarded_ = discarded_ || stack_.size() > base;
       stack_.resize(base);
       return {};
     }
@@ -619,54 +621,21 @@ Status PickleMachine::execute(uint8_t op) {
       ZG_ASSIGN_OR_RETURN(NodeId* item, top());
       return push(*item);
     }
-
-    // ---- scalars ----
     case Op::kNone: return push(singleton(none_, NoneValue{}));
     case Op::kNewTrue: return push(singleton(true_, true));
     case Op::kNewFalse: return push(singleton(false_, false));
-    case Op::kInt: {
-      ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
-      if (text == "01") return push(singleton(true_, true));  // protocol 0's booleans
-      if (text == "00") return push(singleton(false_, false));
-      auto value = parse_decimal_int(text, limits_.max_int_bytes);
-      if (!value) return op_error(value.error().code, value.error().message);
-      return push(add(std::move(*value)));
-    }
-    case Op::kLong: {
-      ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
-      if (text.ends_with('L')) text.remove_suffix(1);
-      auto value = parse_decimal_int(text, limits_.max_int_bytes);
-      if (!value) return op_error(value.error().code, value.error().message);
-      return push(add(std::move(*value)));
-    }
     case Op::kBinInt: {
       ZG_ASSIGN_OR_RETURN(uint64_t raw, read_uint(4));
-      return push(add(IntValue{static_cast<int32_t>(static_cast<uint32_t>(raw)), {}}));
+      NodeId id = kNoNode;
+      add_in_place<IntValue>(id).small = static_cast<int32_t>(static_cast<uint32_t>(raw));
+      return push(id);
     }
     case Op::kBinInt1:
     case Op::kBinInt2: {
       ZG_ASSIGN_OR_RETURN(uint64_t raw, read_uint(op == static_cast<uint8_t>(Op::kBinInt1) ? 1 : 2));
-      return push(add(IntValue{static_cast<int64_t>(raw), {}}));
-    }
-    case Op::kLong1:
-    case Op::kLong4: {
-      bool is_long1 = op == static_cast<uint8_t>(Op::kLong1);
-      ZG_ASSIGN_OR_RETURN(uint64_t length, read_uint(is_long1 ? 1 : 4));
-      if (!is_long1 && (length >> 31) != 0) return parse_error("negative length");
-      if (length > limits_.max_int_bytes) return limit_error("max_int_bytes", length, limits_.max_int_bytes);
-      ZG_TRY(need(length));
-      IntValue value = int_from_le_bytes(std::span<const uint8_t>(reader_.data(), static_cast<size_t>(length)));
-      reader_.skip(static_cast<size_t>(length));
-      return push(add(std::move(value)));
-    }
-    case Op::kFloat: {
-      ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
-      double value = 0;
-      auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-      if (error != std::errc() || end != text.data() + text.size() || text.empty()) {
-        return parse_error("operand is not a float");
-      }
-      return push(add(FloatValue{value}));
+      NodeId id = kNoNode;
+      add_in_place<IntValue>(id).small = static_cast<int64_t>(raw);
+      return push(id);
     }
     case Op::kBinFloat: {
       ZG_TRY(need(sizeof(double)));
@@ -675,8 +644,133 @@ Status PickleMachine::execute(uint8_t op) {
       reader_.skip(sizeof(double));
       return push(add(FloatValue{std::bit_cast<double>(raw)}));
     }
+    case Op::kEmptyTuple: return push(singleton(empty_tuple_, TupleValue{}));
+    case Op::kEmptyList: return push(add(ListValue{}));
+    case Op::kEmptyDict: return push(add(DictValue{}));
+    case Op::kEmptySet: return push(add(SetValue{}));
+    case Op::kTuple1:
+    case Op::kTuple2:
+    case Op::kTuple3: {
+      size_t count = op - static_cast<uint8_t>(Op::kTuple1) + 1;
+      if (stack_.size() - frame_base() < count) return parse_error("stack underflow");
+      size_t base = stack_.size() - count;
+      ZG_ASSIGN_OR_RETURN(NodeId tuple, make_tuple(stack_.from(base)));
+      stack_.resize(base);
+      stack_.push_back(tuple);  // replaces what it consumed: the stack does not grow
+      return {};
+    }
+    case Op::kBinPut:
+    case Op::kLongBinPut: {
+      ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinPut) ? 1 : 4));
+      return memo_put(index);
+    }
+    case Op::kMemoize: return memo_put(memo_entries_);
+    case Op::kBinGet:
+    case Op::kLongBinGet: {
+      ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinGet) ? 1 : 4));
+      ZG_ASSIGN_OR_RETURN(NodeId item, memo_get(index));
+      return push(item);
+    }
+    case Op::kProto: {
+      ZG_ASSIGN_OR_RETURN(uint64_t protocol, read_uint(1));
+      if (protocol > kHighestProtocol) return parse_error("unsupported protocol " + std::to_string(protocol));
+      protocol_ = static_cast<int>(protocol);
+      saw_proto_ = true;
+      return {};
+    }
+    case Op::kFrame: return enter_frame();
+    case Op::kInt:
+    case Op::kLong:
+    case Op::kFloat:
+      return op_text_number(op);
+    case Op::kLong1:
+    case Op::kLong4:
+      return op_long(op);
+    case Op::kString:
+    case Op::kBinString:
+    case Op::kShortBinString:
+    case Op::kUnicode:
+    case Op::kShortBinUnicode:
+    case Op::kBinUnicode:
+    case Op::kBinUnicode8:
+    case Op::kShortBinBytes:
+    case Op::kBinBytes:
+    case Op::kBinBytes8:
+    case Op::kByteArray8:
+      return op_string(op);
+    case Op::kTuple:
+    case Op::kList:
+    case Op::kDict:
+    case Op::kFrozenSet:
+      return op_from_mark(op);
+    case Op::kAppend:
+    case Op::kSetItem:
+    case Op::kAppends:
+    case Op::kSetItems:
+    case Op::kAddItems:
+      return op_mutate(op);
+    case Op::kPut:
+    case Op::kGet:
+      return op_text_memo(op);
+    case Op::kGlobal:
+    case Op::kInst:
+    case Op::kStackGlobal:
+    case Op::kObj:
+      return op_global(op);
+    case Op::kReduce:
+    case Op::kNewObj:
+    case Op::kNewObjEx:
+      return op_call(op);
+    case Op::kBuild: return build();
+    case Op::kPersId:
+    case Op::kBinPersId:
+      return op_persistent_id(op);
+    case Op::kReadOnlyBuffer: return op_readonly_buffer();
+    case Op::kExt1:
+    case Op::kExt2:
+    case Op::kExt4:
+      return op_error(ErrorCode::kUnsupported, "the extension registry (copyreg codes) is never consulted");
+    case Op::kNextBuffer:
+      return op_error(ErrorCode::kUnsupported, "out-of-band buffers are not accepted");
+    case Op::kStop: break;  // run() handles STOP before dispatching
+  }
+  return parse_error("unknown opcode");
+}
 
-    // ---- strings and bytes ----
+Status PickleMachine::op_text_number(uint8_t op) {
+  ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
+  if (op == static_cast<uint8_t>(Op::kFloat)) {
+    double value = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc() || end != text.data() + text.size() || text.empty()) {
+      return parse_error("operand is not a float");
+    }
+    return push(add(FloatValue{value}));
+  }
+  if (op == static_cast<uint8_t>(Op::kInt)) {
+    if (text == "01") return push(singleton(true_, true));  // protocol 0's booleans
+    if (text == "00") return push(singleton(false_, false));
+  } else if (text.ends_with('L')) {
+    text.remove_suffix(1);  // LONG's Python 2 suffix
+  }
+  auto value = parse_decimal_int(text, limits_.max_int_bytes);
+  if (!value) return op_error(value.error().code, value.error().message);
+  return push(add(std::move(*value)));
+}
+
+Status PickleMachine::op_long(uint8_t op) {
+  bool is_long1 = op == static_cast<uint8_t>(Op::kLong1);
+  ZG_ASSIGN_OR_RETURN(uint64_t length, read_uint(is_long1 ? 1 : 4));
+  if (!is_long1 && (length >> 31) != 0) return parse_error("negative length");
+  if (length > limits_.max_int_bytes) return limit_error("max_int_bytes", length, limits_.max_int_bytes);
+  ZG_TRY(need(length));
+  IntValue value = int_from_le_bytes(std::span<const uint8_t>(reader_.data(), static_cast<size_t>(length)));
+  reader_.skip(static_cast<size_t>(length));
+  return push(add(std::move(value)));
+}
+
+Status PickleMachine::op_string(uint8_t op) {
+  switch (static_cast<Op>(op)) {
     case Op::kString:
     case Op::kBinString:
     case Op::kShortBinString: {
@@ -707,220 +801,200 @@ Status PickleMachine::execute(uint8_t op) {
     case Op::kBinUnicode8: {
       size_t width = op == static_cast<uint8_t>(Op::kShortBinUnicode) ? 1 : op == static_cast<uint8_t>(Op::kBinUnicode) ? 4 : 8;
       ZG_ASSIGN_OR_RETURN(uint64_t length, read_length(width, false));
-      ZG_ASSIGN_OR_RETURN(std::string text, read_text_operand(length));
-      if (!is_valid_utf8(text, true)) return parse_error("operand is not valid UTF-8");
-      return push(add(StrValue{std::move(text)}));
+      return push_operand(length, true, false);
     }
-    case Op::kShortBinBytes:
-    case Op::kBinBytes:
-    case Op::kBinBytes8:
-    case Op::kByteArray8: {
+    default: {  // SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
       size_t width = op == static_cast<uint8_t>(Op::kShortBinBytes) ? 1 : op == static_cast<uint8_t>(Op::kBinBytes) ? 4 : 8;
       ZG_ASSIGN_OR_RETURN(uint64_t length, read_length(width, false));
-      ZG_ASSIGN_OR_RETURN(std::string data, read_text_operand(length));
-      return push(add(BytesValue{std::move(data), op == static_cast<uint8_t>(Op::kByteArray8)}));
+      return push_operand(length, false, op == static_cast<uint8_t>(Op::kByteArray8));
     }
+  }
+}
 
-    // ---- containers ----
-    case Op::kEmptyTuple: return push(singleton(empty_tuple_, TupleValue{}));
-    case Op::kEmptyList: return push(add(ListValue{}));
-    case Op::kEmptyDict: return push(add(DictValue{}));
-    case Op::kEmptySet: return push(add(SetValue{}));
-    case Op::kTuple1:
-    case Op::kTuple2:
-    case Op::kTuple3: {
-      size_t count = op - static_cast<uint8_t>(Op::kTuple1) + 1;
-      if (stack_.size() - frame_base() < count) return parse_error("stack underflow");
-      size_t base = stack_.size() - count;
-      ZG_ASSIGN_OR_RETURN(NodeId tuple, make_tuple(std::span<const NodeId>(stack_).subspan(base)));
-      stack_.resize(base);
-      stack_.push_back(tuple);  // replaces what it consumed: the stack does not grow
-      return {};
+// A str (UTF-8, surrogates allowed) or bytes operand of `length` bytes as a new node. Buffered
+// operands are checked in place and copied once, straight into the node.
+Status PickleMachine::push_operand(uint64_t length, bool is_str, bool is_bytearray) {
+  std::string owned;
+  std::string_view bytes;
+  ZG_TRY(check_available(length));
+  if (length <= reader_.buffered()) {
+    bytes = std::string_view(reinterpret_cast<const char*>(reader_.data()), static_cast<size_t>(length));
+  } else {
+    ZG_ASSIGN_OR_RETURN(owned, read_text_operand(length));
+    bytes = owned;
+  }
+  if (is_str && !is_valid_utf8(bytes, true)) return parse_error("operand is not valid UTF-8");
+  NodeId id = kNoNode;
+  std::string* target = nullptr;
+  if (is_str) {
+    target = &add_in_place<StrValue>(id).utf8;
+  } else {
+    BytesValue& value = add_in_place<BytesValue>(id);
+    value.is_bytearray = is_bytearray;
+    target = &value.data;
+  }
+  if (owned.empty()) {
+    target->assign(bytes);
+    reader_.skip(bytes.size());
+  } else {
+    *target = std::move(owned);
+  }
+  return push(id);
+}
+
+// TUPLE, LIST, DICT, FROZENSET: a new object from the items above the innermost MARK.
+Status PickleMachine::op_from_mark(uint8_t op) {
+  ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
+  std::span<const NodeId> items = stack_.from(base);
+  NodeId made = kNoNode;
+  switch (static_cast<Op>(op)) {
+    case Op::kTuple: {
+      ZG_ASSIGN_OR_RETURN(made, make_tuple(items));
+      break;
     }
-    case Op::kTuple:
     case Op::kList:
+      made = add(ListValue{});
+      std::get<ListValue>(tree_.nodes[made]).items.reserve(items.size());
+      ZG_TRY(append_items(made, items));
+      break;
     case Op::kDict:
-    case Op::kFrozenSet: {
-      ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
-      std::span<const NodeId> items = std::span<const NodeId>(stack_).subspan(base);
-      NodeId made = kNoNode;
-      switch (static_cast<Op>(op)) {
-        case Op::kTuple: {
-          ZG_ASSIGN_OR_RETURN(made, make_tuple(items));
-          break;
-        }
-        case Op::kList:
-          made = add(ListValue{});
-          std::get<ListValue>(tree_.nodes[made]).items.reserve(items.size());
-          ZG_TRY(append_items(made, items));
-          break;
-        case Op::kDict:
-          if (items.size() % 2 != 0) return parse_error("odd number of items for keys and values");
-          made = add(DictValue{});
-          ZG_TRY(set_items(made, items));
-          break;
-        default:
-          made = add(SetValue{{}, true});
-          ZG_TRY(add_items(made, items));
-          break;
-      }
-      stack_.resize(base);
-      return push(made);
-    }
-    case Op::kAppend:
-    case Op::kSetItem: {
-      size_t count = op == static_cast<uint8_t>(Op::kAppend) ? 1 : 2;
-      // The target must lie inside the current mark frame, below its items.
-      if (stack_.size() - frame_base() < count + 1) return parse_error("stack underflow");
-      size_t base = stack_.size() - count;
-      std::array<NodeId, 2> items{};
-      std::copy(stack_.begin() + static_cast<ptrdiff_t>(base), stack_.end(), items.begin());
-      stack_.resize(base);
-      return mutate(base - 1, std::span<const NodeId>(items.data(), count));
-    }
-    case Op::kAppends:
-    case Op::kSetItems:
-    case Op::kAddItems: {
-      ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
-      if (base <= frame_base()) return parse_error("stack underflow: no target below the MARK");
-      if (op == static_cast<uint8_t>(Op::kSetItems) && (stack_.size() - base) % 2 != 0) {
-        return parse_error("odd number of items for keys and values");
-      }
-      ZG_TRY(mutate(base - 1, std::span<const NodeId>(stack_).subspan(base)));
-      stack_.resize(base);
-      return {};
-    }
+      if (items.size() % 2 != 0) return parse_error("odd number of items for keys and values");
+      made = add(DictValue{});
+      ZG_TRY(set_items(made, items));
+      break;
+    default:
+      made = add(SetValue{{}, true});
+      ZG_TRY(add_items(made, items));
+      break;
+  }
+  stack_.resize(base);
+  return push(made);
+}
 
-    // ---- memo ----
-    case Op::kPut:
-    case Op::kGet: {
-      ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
-      uint64_t index = 0;
-      auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), index);
-      if (error != std::errc() || end != text.data() + text.size() || text.empty()) {
-        if (error == std::errc::result_out_of_range) return limit_error("max_memo_index", UINT64_MAX, limits_.max_memo_index);
-        return parse_error("memo index is not a decimal number");
-      }
-      if (op == static_cast<uint8_t>(Op::kPut)) return memo_put(index);
-      ZG_ASSIGN_OR_RETURN(NodeId item, memo_get(index));
-      return push(item);
-    }
-    case Op::kBinPut:
-    case Op::kLongBinPut: {
-      ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinPut) ? 1 : 4));
-      return memo_put(index);
-    }
-    case Op::kMemoize: return memo_put(memo_entries_);
-    case Op::kBinGet:
-    case Op::kLongBinGet: {
-      ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinGet) ? 1 : 4));
-      ZG_ASSIGN_OR_RETURN(NodeId item, memo_get(index));
-      return push(item);
-    }
+// APPEND, SETITEM (items on top of the target) and APPENDS, SETITEMS, ADDITEMS (items above a MARK
+// that sits right above the target).
+Status PickleMachine::op_mutate(uint8_t op) {
+  if (op == static_cast<uint8_t>(Op::kAppend) || op == static_cast<uint8_t>(Op::kSetItem)) {
+    size_t count = op == static_cast<uint8_t>(Op::kAppend) ? 1 : 2;
+    // The target must lie inside the current mark frame, below its items.
+    if (stack_.size() - frame_base() < count + 1) return parse_error("stack underflow");
+    size_t base = stack_.size() - count;
+    std::array<NodeId, 2> items{};
+    std::copy_n(stack_.from(base).begin(), count, items.begin());
+    stack_.resize(base);
+    return mutate(base - 1, std::span<const NodeId>(items.data(), count));
+  }
+  ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
+  if (base <= frame_base()) return parse_error("stack underflow: no target below the MARK");
+  if (op == static_cast<uint8_t>(Op::kSetItems) && (stack_.size() - base) % 2 != 0) {
+    return parse_error("odd number of items for keys and values");
+  }
+  ZG_TRY(mutate(base - 1, stack_.from(base)));
+  stack_.resize(base);
+  return {};
+}
 
-    // ---- globals, calls, BUILD ----
-    case Op::kGlobal:
-    case Op::kInst: {
-      ZG_ASSIGN_OR_RETURN(std::string_view module_line, read_line());
-      std::string module(module_line);
-      ZG_ASSIGN_OR_RETURN(std::string_view name, read_line());
-      if (!is_valid_utf8(module, false) || !is_valid_utf8(name, false)) return parse_error("name is not valid UTF-8");
-      ZG_ASSIGN_OR_RETURN(NodeId callable, resolve_global(module, name));
-      if (op == static_cast<uint8_t>(Op::kGlobal)) return push(callable);
-      ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
-      ZG_ASSIGN_OR_RETURN(NodeId args, make_tuple(std::span<const NodeId>(stack_).subspan(base)));
-      stack_.resize(base);
-      ZG_ASSIGN_OR_RETURN(NodeId made, call(Op::kInst, callable, args));
-      return push(made);
-    }
-    case Op::kStackGlobal: {
-      ZG_ASSIGN_OR_RETURN(NodeId name, pop());
-      ZG_ASSIGN_OR_RETURN(NodeId module, pop());
-      if (name == kPoison || module == kPoison) return push(kPoison);
-      const auto* module_text = get<StrValue>(module);
-      const auto* name_text = get<StrValue>(name);
-      if (!module_text || !name_text) return parse_error("operands must be two str");
-      ZG_ASSIGN_OR_RETURN(NodeId callable, resolve_global(module_text->utf8, name_text->utf8));
-      return push(callable);
-    }
-    case Op::kObj: {
-      ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
-      if (stack_.size() == base) return parse_error("no class after the MARK");
-      NodeId cls = stack_[base];
-      ZG_ASSIGN_OR_RETURN(NodeId args, make_tuple(std::span<const NodeId>(stack_).subspan(base + 1)));
-      stack_.resize(base);
-      ZG_ASSIGN_OR_RETURN(NodeId made, call(Op::kObj, cls, args));
-      return push(made);
-    }
-    case Op::kReduce: {
-      ZG_ASSIGN_OR_RETURN(NodeId args, pop());
-      ZG_ASSIGN_OR_RETURN(NodeId* callable, top());
-      ZG_ASSIGN_OR_RETURN(NodeId made, call(Op::kReduce, *callable, args));
-      stack_.back() = made;
-      return {};
-    }
-    case Op::kNewObj:
-    case Op::kNewObjEx: {
-      NodeId kwargs = kNoNode;
-      if (op == static_cast<uint8_t>(Op::kNewObjEx)) {
-        ZG_ASSIGN_OR_RETURN(kwargs, pop());
-      }
-      ZG_ASSIGN_OR_RETURN(NodeId args, pop());
-      ZG_ASSIGN_OR_RETURN(NodeId cls, pop());
-      if (kwargs == kPoison) return push(kPoison);
-      if (kwargs != kNoNode) {
-        const auto* dict = get<DictValue>(kwargs);
-        if (!dict || !dict->items.empty()) {
-          ZG_ASSIGN_OR_RETURN(NodeId refused, forbid(FindingKind::kForbiddenCall, "NEWOBJ_EX of " + describe(cls),
-                                                     "keyword arguments are not accepted"));
-          return push(refused);
-        }
-      }
-      ZG_ASSIGN_OR_RETURN(NodeId made, call(static_cast<Op>(op), cls, args));
-      return push(made);
-    }
-    case Op::kBuild: return build();
+Status PickleMachine::op_text_memo(uint8_t op) {
+  ZG_ASSIGN_OR_RETURN(std::string_view text, read_line());
+  uint64_t index = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), index);
+  if (error == std::errc::result_out_of_range) return limit_error("max_memo_index", UINT64_MAX, limits_.max_memo_index);
+  if (error != std::errc() || end != text.data() + text.size() || text.empty()) {
+    return parse_error("memo index is not a decimal number");
+  }
+  if (op == static_cast<uint8_t>(Op::kPut)) return memo_put(index);
+  ZG_ASSIGN_OR_RETURN(NodeId item, memo_get(index));
+  return push(item);
+}
 
-    // ---- persistent ids ----
-    case Op::kPersId: {
-      ZG_TRY(read_line());
-      ZG_ASSIGN_OR_RETURN(NodeId refused, forbid(FindingKind::kForbiddenPersistentId, "PERSID",
-                                                 "text persistent ids are never storage references"));
+// GLOBAL and INST name their global in text; STACK_GLOBAL takes it from the stack; INST and OBJ then
+// call it with the items above a MARK.
+Status PickleMachine::op_global(uint8_t op) {
+  if (op == static_cast<uint8_t>(Op::kStackGlobal)) {
+    ZG_ASSIGN_OR_RETURN(NodeId name, pop());
+    ZG_ASSIGN_OR_RETURN(NodeId module, pop());
+    discarded_ = true;
+    if (name == kPoison || module == kPoison) return push(kPoison);
+    const auto* module_text = get<StrValue>(module);
+    const auto* name_text = get<StrValue>(name);
+    if (!module_text || !name_text) return parse_error("operands must be two str");
+    ZG_ASSIGN_OR_RETURN(NodeId callable, resolve_global(module_text->utf8, name_text->utf8));
+    return push(callable);
+  }
+  NodeId callable = kNoNode;
+  if (op != static_cast<uint8_t>(Op::kObj)) {
+    ZG_ASSIGN_OR_RETURN(std::string_view module_line, read_line());
+    std::string module(module_line);
+    ZG_ASSIGN_OR_RETURN(std::string_view name, read_line());
+    if (!is_valid_utf8(module, false) || !is_valid_utf8(name, false)) return parse_error("name is not valid UTF-8");
+    ZG_ASSIGN_OR_RETURN(callable, resolve_global(module, name));
+    if (op == static_cast<uint8_t>(Op::kGlobal)) return push(callable);
+  }
+  ZG_ASSIGN_OR_RETURN(size_t base, pop_mark());
+  size_t first_arg = base;
+  if (op == static_cast<uint8_t>(Op::kObj)) {
+    if (stack_.size() == base) return parse_error("no class after the MARK");
+    callable = stack_[first_arg++];
+  }
+  ZG_ASSIGN_OR_RETURN(NodeId args, make_tuple(stack_.from(first_arg)));
+  stack_.resize(base);
+  ZG_ASSIGN_OR_RETURN(NodeId made, call(static_cast<Op>(op), callable, args));
+  return push(made);
+}
+
+// REDUCE calls the item below its argument tuple in place; NEWOBJ and NEWOBJ_EX pop class and
+// arguments (and keyword arguments, which must be empty) and push the new object.
+Status PickleMachine::op_call(uint8_t op) {
+  if (op == static_cast<uint8_t>(Op::kReduce)) {
+    ZG_ASSIGN_OR_RETURN(NodeId args, pop());
+    ZG_ASSIGN_OR_RETURN(NodeId* callable, top());
+    ZG_ASSIGN_OR_RETURN(NodeId made, call(Op::kReduce, *callable, args));
+    stack_.back() = made;
+    return {};
+  }
+  NodeId kwargs = kNoNode;
+  if (op == static_cast<uint8_t>(Op::kNewObjEx)) {
+    ZG_ASSIGN_OR_RETURN(kwargs, pop());
+  }
+  ZG_ASSIGN_OR_RETURN(NodeId args, pop());
+  ZG_ASSIGN_OR_RETURN(NodeId cls, pop());
+  if (kwargs == kPoison) return push(kPoison);
+  if (kwargs != kNoNode) {
+    const auto* dict = get<DictValue>(kwargs);
+    if (!dict || !dict->items.empty()) {
+      ZG_ASSIGN_OR_RETURN(NodeId refused, forbid(FindingKind::kForbiddenCall, "NEWOBJ_EX of " + describe(cls),
+                                                 "keyword arguments are not accepted"));
       return push(refused);
     }
-    case Op::kBinPersId: {
-      ZG_ASSIGN_OR_RETURN(NodeId pid, pop());
-      ZG_ASSIGN_OR_RETURN(NodeId storage, persistent_id(pid));
-      return push(storage);
-    }
-
-    // ---- framing and protocol ----
-    case Op::kProto: {
-      ZG_ASSIGN_OR_RETURN(uint64_t protocol, read_uint(1));
-      if (protocol > kHighestProtocol) return parse_error("unsupported protocol " + std::to_string(protocol));
-      protocol_ = static_cast<int>(protocol);
-      saw_proto_ = true;
-      return {};
-    }
-    case Op::kFrame: return enter_frame();
-    case Op::kExt1:
-    case Op::kExt2:
-    case Op::kExt4:
-      return op_error(ErrorCode::kUnsupported, "the extension registry (copyreg codes) is never consulted");
-    case Op::kNextBuffer:
-      return op_error(ErrorCode::kUnsupported, "out-of-band buffers are not accepted");
-    case Op::kReadOnlyBuffer: {
-      ZG_ASSIGN_OR_RETURN(NodeId* item, top());
-      if (*item == kPoison) return {};
-      const auto* bytes = get<BytesValue>(*item);
-      if (!bytes) return parse_error("needs bytes or a bytearray on the stack");
-      // A read-only view of a bytearray behaves as bytes for every allowlisted consumer.
-      if (bytes->is_bytearray) *item = add(BytesValue{bytes->data, false});
-      return {};
-    }
-    case Op::kStop: break;  // handled by run()
   }
-  return parse_error("unknown opcode");
+  ZG_ASSIGN_OR_RETURN(NodeId made, call(static_cast<Op>(op), cls, args));
+  return push(made);
+}
+
+Status PickleMachine::op_persistent_id(uint8_t op) {
+  if (op == static_cast<uint8_t>(Op::kPersId)) {
+    ZG_TRY(read_line());
+    ZG_ASSIGN_OR_RETURN(NodeId refused, forbid(FindingKind::kForbiddenPersistentId, "PERSID",
+                                               "text persistent ids are never storage references"));
+    return push(refused);
+  }
+  ZG_ASSIGN_OR_RETURN(NodeId pid, pop());
+  ZG_ASSIGN_OR_RETURN(NodeId storage, persistent_id(pid));
+  return push(storage);
+}
+
+Status PickleMachine::op_readonly_buffer() {
+  ZG_ASSIGN_OR_RETURN(NodeId* item, top());
+  if (*item == kPoison) return {};
+  const auto* bytes = get<BytesValue>(*item);
+  if (!bytes) return parse_error("needs bytes or a bytearray on the stack");
+  // A read-only view of a bytearray behaves as bytes for every allowlisted consumer.
+  if (bytes->is_bytearray) {
+    NodeId copy = add(BytesValue{bytes->data, false});
+    stack_.back() = copy;
+    discarded_ = true;
+  }
+  return {};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -938,7 +1012,8 @@ Result<PickleParse> PickleMachine::finish() {
   NodeId root = stack_.back();
   ZG_ASSIGN_OR_RETURN(bool admitted, admit(root));
   if (!admitted) return op_error(ErrorCode::kForbidden, "unsafe root: the pickle's result was disarmed");
-  drop_unreachable(root);
+  tree_.root = root;
+  if (discarded_ || stack_.size() > 1) drop_unreachable();
 
   PickleParse parse;
   parse.tree = std::move(tree_);
@@ -952,11 +1027,10 @@ Result<PickleParse> PickleMachine::finish() {
 
 // Clears every node the root cannot reach, so that nothing from a disarmed subtree or an unused
 // intermediate (call arguments, memo-only values) survives in the output. Ids stay as they are.
-void PickleMachine::drop_unreachable(NodeId root) {
-  tree_.root = root;
+void PickleMachine::drop_unreachable() {
   std::vector<bool> reached(tree_.nodes.size(), false);
-  std::vector<NodeId> work{root};
-  reached[root] = true;
+  std::vector<NodeId> work{tree_.root};
+  reached[tree_.root] = true;
   size_t count = 1;
   while (!work.empty()) {
     NodeId id = work.back();

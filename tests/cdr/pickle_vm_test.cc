@@ -87,10 +87,22 @@ std::vector<uint8_t> bytes_of(const char (&text)[N]) {
   return std::vector<uint8_t>(text, text + N - 1);
 }
 
+// Every node of a parsed tree is reachable from the root or blanked to None: nothing the pickle
+// discarded, and nothing of a disarmed construct, is left for a consumer that scans all nodes.
+void expect_only_reachable_nodes(const ValueTree& tree) {
+  std::vector<bool> reached(tree.nodes.size(), false);
+  for (NodeId id : reachable_nodes(tree)) reached[id] = true;
+  for (NodeId id = 0; id < tree.nodes.size(); ++id) {
+    EXPECT_TRUE(reached[id] || std::holds_alternative<NoneValue>(tree.nodes[id])) << "node " << id << " is left over";
+  }
+}
+
 Result<PickleParse> parse(const std::vector<uint8_t>& data, const Policy& policy = {},
                           const PickleParseOptions& options = {}) {
   MemorySource source(data);
-  return parse_pickle(source, policy, options);
+  auto result = parse_pickle(source, policy, options);
+  if (result) expect_only_reachable_nodes(result->tree);
+  return result;
 }
 Result<PickleParse> parse(const P& pickle, const Policy& policy = {}, const PickleParseOptions& options = {}) {
   return parse(pickle.bytes(), policy, options);
@@ -1519,6 +1531,7 @@ TEST(PickleVmPython, LegacyFilesAreStackedPickles) {
     options.persistent_ids = part == 3 ? PersistentIdMode::kTorchLegacy : PersistentIdMode::kNone;
     auto result = parse_pickle(rest, Policy{}, options);
     ASSERT_TRUE(result) << "part " << part << ": " << result.error().describe();
+    expect_only_reachable_nodes(result->tree);
     parts.push_back(render(*result));
     offset += result->end_offset;
   }

@@ -5,6 +5,7 @@
 // findings is refused when blocking. Never a crash, leak, hang or trap.
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "cdr/allowlist.h"
 #include "cdr/pickle_vm.h"
@@ -44,12 +45,19 @@ bool well_formed(const ValueTree& tree, const Value& value) {
   return !std::holds_alternative<OperatorCallValue>(value);
 }
 
+// Every reachable node is well formed, and every other node has been blanked to None, so that a
+// consumer scanning all nodes sees nothing the pickle discarded or the VM disarmed.
 bool tree_is_safe(const ValueTree& tree) {
   if (tree.root >= tree.nodes.size()) return false;
   bool children_valid = true;
+  std::vector<bool> reached(tree.nodes.size(), false);
   for (NodeId id : reachable_nodes(tree)) {
+    reached[id] = true;
     for_each_child(tree.nodes[id], [&](NodeId child) { children_valid = children_valid && child < tree.nodes.size(); });
     if (!well_formed(tree, tree.nodes[id])) return false;
+  }
+  for (NodeId id = 0; id < tree.nodes.size(); ++id) {
+    if (!reached[id] && !std::holds_alternative<NoneValue>(tree.nodes[id])) return false;
   }
   return children_valid;
 }
