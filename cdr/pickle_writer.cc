@@ -43,7 +43,9 @@
 //   torch.Size                   GLOBAL torch Size, ((dims...),) REDUCE
 //   numpy dtype                  GLOBAL numpy dtype, (name, False, True) REDUCE M, state BUILD
 //   numpy array                  GLOBAL numpy.core.multiarray _reconstruct, (ndarray, (0,), b'b')
-//                                REDUCE M, (1, shape, dtype, fortran_order, data) BUILD
+//                                REDUCE M, (1, shape, dtype, fortran_order, data) BUILD;
+//                                big-endian: GLOBAL numpy.core.numeric _frombuffer,
+//                                (bytearray(data), dtype, shape, 'C'|'F') REDUCE
 //   numpy scalar                 GLOBAL numpy.core.multiarray scalar, (dtype, data) REDUCE
 //   argparse.Namespace           GLOBAL argparse Namespace, () NEWOBJ M[, attributes dict BUILD]
 //   operator call                callable args REDUCE|NEWOBJ M[, state BUILD]
@@ -384,6 +386,9 @@ struct WriteBytes {
   bool is_bytearray;
 };
 struct WriteEmptyOrderedDict {};  // the backward_hooks argument of tensors and parameters
+struct WriteStrAtom {  // a short str the writer itself chooses
+  std::string_view text;
+};
 
 // How a run of items is opened and closed.
 enum class Sequence : uint8_t {
@@ -401,7 +406,7 @@ struct WriteItems {
 };
 
 using Task = std::variant<WriteNode, NodeCreated, WriteOpcode, WriteInt, WriteBool, WriteIntTuple, WriteBytes,
-                          WriteEmptyOrderedDict, WriteItems>;
+                          WriteEmptyOrderedDict, WriteStrAtom, WriteItems>;
 
 bool batch_opens_with_mark(Sequence sequence, uint64_t size) {
   return sequence == Sequence::kTupleItems ? size > 3 : size > 1;
@@ -593,6 +598,11 @@ class PickleWriter {
   }
 
   Status run_task(const WriteBytes& task) { return write_bytes(task.data, task.is_bytearray); }
+
+  Status run_task(const WriteStrAtom& task) {
+    write_str_atom(task.text);
+    return {};
+  }
 
   Status run_task(const WriteEmptyOrderedDict&) {
     write_global_atom("collections", "OrderedDict");
@@ -858,6 +868,19 @@ class PickleWriter {
     ZG_TRY(check_numpy_data(id, array.dtype, array.shape, array.data.size()));
     if (std::any_of(array.shape.begin(), array.shape.end(), [](uint64_t dim) { return dim > kMaxInt64; })) {
       return invalid_node(id, node, "a dimension exceeds int64");
+    }
+    const auto* dtype = std::get_if<NumpyDtypeValue>(&tree_.nodes[array.dtype]);
+    if (dtype && dtype->descr.starts_with('>')) {
+      // numpy turns a non-native array restored by _reconstruct into a native one; the protocol-5
+      // spelling keeps the byte order, and a bytearray keeps the array writable.
+      write_global_atom("numpy.core.numeric", "_frombuffer");
+      out_.byte(kMark);
+      // Dimensions were checked to fit int64 above, so the signed view of them is exact.
+      std::span<const int64_t> shape(reinterpret_cast<const int64_t*>(array.shape.data()), array.shape.size());
+      Schedule(tasks_) << WriteBytes{array.data, true} << WriteNode{array.dtype} << WriteIntTuple{shape}
+                       << WriteStrAtom{array.fortran_order ? "F" : "C"} << WriteOpcode{kTuple} << WriteOpcode{kReduce}
+                       << NodeCreated{id};
+      return {};
     }
     write_global_atom("numpy.core.multiarray", "_reconstruct");
     write_global_atom("numpy", "ndarray");

@@ -82,12 +82,14 @@ struct EndRecords {
 };
 
 // A plausible end-of-central-directory record other than the one at the end would let a reader that
-// scans from another direction see a different archive.
+// scans from another direction see a different archive. Plausible means its comment would reach
+// exactly the end of the file, as a real one must: tensor bytes that merely contain the signature
+// (a benign checkpoint can) are data, and every byte of data is accounted for by its entry anyway.
 bool looks_like_end_record(std::span<const uint8_t> tail, size_t at, uint64_t file_offset, uint64_t file_size) {
   const uint8_t* p = tail.data() + at;
   if (load_u32(p) != kEndOfCentralDirSignature) return false;
   if (load_u16(p + 4) != 0 || load_u16(p + 6) != 0) return false;
-  if (file_offset + kEndOfCentralDirSize + load_u16(p + 20) > file_size) return false;
+  if (file_offset + kEndOfCentralDirSize + load_u16(p + 20) != file_size) return false;
   uint32_t cd_size = load_u32(p + 12);
   uint32_t cd_offset = load_u32(p + 16);
   if (cd_size == kSentinel32 || cd_offset == kSentinel32) return true;

@@ -17,7 +17,7 @@ build_packages=(
 run_packages=(python3 python3-torch)
 test_packages=(
   libgtest-dev libgmock-dev clang libclang-rt-14-dev
-  python3-torchvision python3-numpy python3-requests
+  python3-torchvision python3-numpy python3-requests python3-pip python3-distutils
   curl nginx openssl p7zip-full zip time
 )
 

@@ -508,6 +508,16 @@ TEST(ZipReader, RefusesASecondEndRecord) {
   expect_refused(built.bytes, ErrorCode::kParse, "second end-of-central-directory record", fake_at);
 }
 
+TEST(ZipReader, AcceptsEndRecordSignaturesInsideEntryData) {
+  // A benign tensor whose bytes happen to spell an empty end record is data, not structure.
+  RawArchive archive = two_entries();
+  archive.entries[1].content = std::string(40, 'w') + le32(zip::kEndOfCentralDirSignature) + std::string(18, '\0');
+  Assembled built = assemble(archive);
+  MemorySource source(built.bytes);
+  auto directory = read_zip_directory(source, ZipLimits{});
+  EXPECT_TRUE(directory) << directory.error().describe();
+}
+
 TEST(ZipReader, RefusesTruncatedCentralDirectory) {
   Assembled built = assemble(two_entries());
   patch16(built.bytes, built.end_offset + 8, 3);

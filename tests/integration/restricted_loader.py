@@ -19,6 +19,8 @@ TENSOR_GLOBALS = {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"}
 BYTES_GLOBALS = {"_codecs.encode", "builtins.bytes"}  # protocol 2 writes bytes as encode(str)
 NUMPY_ARRAY_GLOBALS = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
                        "numpy.core.numeric._frombuffer"}  # the protocol-5 spelling
+# Big-endian arrays are rebuilt through _frombuffer over a bytearray, which keeps their byte order.
+NON_NATIVE_ARRAY_GLOBALS = {"builtins.bytearray"}
 NUMPY_SCALAR_GLOBALS = {"numpy.core.multiarray.scalar", "numpy.dtype"}
 STORAGE_NAMES = torch.storage._dtype_to_storage_type_map()
 
@@ -51,7 +53,8 @@ def _globals_of(value):
     if isinstance(value, torch.dtype):
         return {str(value)}
     if isinstance(value, numpy.ndarray):
-        return NUMPY_ARRAY_GLOBALS | BYTES_GLOBALS
+        byte_order = NON_NATIVE_ARRAY_GLOBALS if value.dtype.byteorder == ">" else set()
+        return NUMPY_ARRAY_GLOBALS | BYTES_GLOBALS | byte_order
     if isinstance(value, numpy.generic):
         return NUMPY_SCALAR_GLOBALS | BYTES_GLOBALS
     return set()
