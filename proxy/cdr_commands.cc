@@ -82,9 +82,13 @@ void add_sanitize_command(CLI::App& app, int& exit_code) {
                       "torch: the input's own kind (legacy PyTorch becomes a current PyTorch zip); "
                       "safetensors: tensors only")
       ->check(CLI::IsMember({"torch", "safetensors"}));
-  command->callback([arguments, output, format, &exit_code] {
+  auto signing = add_manifest_signing_options(*command);
+  command->callback([arguments, output, format, signing, &exit_code] {
     auto policy = load_policy(arguments->policy_file);
     if (!policy) return void(exit_code = fail_with(policy.error()));
+    if (auto prepared = prepare_manifest_signing(*signing); !prepared) {
+      return void(exit_code = fail_with(prepared.error()));
+    }
     auto source = FileSource::open(arguments->input);
     if (!source) return void(exit_code = fail_with(source.error()));
     auto sink = AtomicFileSink::create(*output);
@@ -97,6 +101,9 @@ void add_sanitize_command(CLI::App& app, int& exit_code) {
       if (auto committed = (*sink)->commit(); !committed) return void(exit_code = fail_with(committed.error()));
     }
     sink->reset();  // an uncommitted sink removes its temporary file: a blocked run leaves nothing
+    if (auto manifest = write_signed_manifest(*signing, report, *policy, *output, /*seed_id=*/""); !manifest) {
+      return void(exit_code = fail_with(manifest.error()));
+    }
     exit_code = emit_report(report, *arguments) ? exit_code_for(report, false) : kExitError;
   });
 }

@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
   int exit_code = zoogate::cli::kExitOk;
   zoogate::cli::add_sanitize_command(app, exit_code);
   zoogate::cli::add_scan_command(app, exit_code);
+  zoogate::cli::add_keygen_command(app, exit_code);
+  zoogate::cli::add_sign_command(app, exit_code);
+  zoogate::cli::add_verify_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
