@@ -213,7 +213,13 @@ class PickleMachine {
   }
   Status check_depth(uint64_t depth) const;
   Result<uint32_t> depth_above(std::span<const NodeId> children) const;
-  Status deepen(NodeId container, NodeId child);
+  // Raises the recorded depth of `container` to hold `child`.
+  [[gnu::always_inline]] Status deepen(NodeId container, NodeId child) {
+    // A container holding itself has no finite depth; only strict nesting is measured.
+    if (child == container || meta_[child].depth < meta_[container].depth) return {};
+    return deepen_to(container, uint64_t{meta_[child].depth} + 1);
+  }
+  Status deepen_to(NodeId container, uint64_t depth);
   template <typename T>
   NodeId singleton(NodeId& cache, T value);
   [[gnu::always_inline]] Status push(NodeId id) {
@@ -231,7 +237,12 @@ class PickleMachine {
   Result<NodeId> memo_get(uint64_t index) const;
 
   // ---- pickle_vm.cc: containers ----
-  Result<bool> admit(NodeId item);
+  // Whether `item` may be stored in a list, dict, set, OrderedDict or Namespace (see admit_slow).
+  [[gnu::always_inline]] Result<bool> admit(NodeId item) {
+    if (item != kPoison && !(meta_[item].flags & (kNotValue | kHoldsNotValue))) [[likely]] return true;
+    return admit_slow(item);
+  }
+  Result<bool> admit_slow(NodeId item);
   Result<bool> key_allowed(NodeId key, std::optional<uint64_t>& hash);
   Status dict_set(NodeId dict, NodeId key, NodeId value);
   Status set_add(NodeId set, NodeId item);

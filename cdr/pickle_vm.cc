@@ -298,10 +298,7 @@ Result<uint32_t> PickleMachine::depth_above(std::span<const NodeId> children) co
   return static_cast<uint32_t>(deepest + 1);
 }
 
-Status PickleMachine::deepen(NodeId container, NodeId child) {
-  // A container holding itself has no finite depth; only strict nesting is measured.
-  if (child == container) return {};
-  uint64_t depth = uint64_t{meta_[child].depth} + 1;
+Status PickleMachine::deepen_to(NodeId container, uint64_t depth) {
   if (depth <= meta_[container].depth) return {};
   ZG_TRY(check_depth(depth));
   meta_[container].depth = static_cast<uint32_t>(depth);
@@ -385,10 +382,9 @@ Result<NodeId> PickleMachine::memo_get(uint64_t index) const {
 // ---------------------------------------------------------------------------------------------
 // Containers
 
-// Whether `item` may be stored in a list, dict, set, OrderedDict or Namespace. Poison is dropped
-// silently (its finding was recorded where it was made); a callable, call argument or unfinished
-// object is a finding of its own.
-Result<bool> PickleMachine::admit(NodeId item) {
+// Poison is dropped silently (its finding was recorded where it was made); a callable, call argument
+// or unfinished object is a finding of its own.
+Result<bool> PickleMachine::admit_slow(NodeId item) {
   if (item == kPoison) return false;
   if (!(meta_[item].flags & (kNotValue | kHoldsNotValue))) return true;
   // Find what the value holds that may not be stored: the item itself or something in its tuples.
