@@ -335,6 +335,13 @@ Status describe_torch_archive(const ByteSource& file, const cdr::ZipDirectory& d
   cdr::PickleParseOptions parse_options{cdr::PersistentIdMode::kTorchArchive, pickle_entry->name, false};
   auto parsed = cdr::parse_pickle(pickle_source, policy, parse_options);
   if (!parsed) return tl::unexpected(parsed.error().with_context(pickle_entry->name));
+  // A pickle is described only as a whole: with anything disarmed, what is described would not be
+  // what the file says, and a description made under another policy would not match.
+  if (!parsed->findings.empty()) {
+    const cdr::Finding& first = parsed->findings.front();
+    return fail(ErrorCode::kForbidden, pickle_entry->name + " is not clean under the policy: " + first.construct + ": " +
+                                           first.reason + " (" + std::to_string(parsed->findings.size()) + " findings)");
+  }
   const cdr::ValueTree& tree = parsed->tree;
 
   auto named = named_tensors(tree, policy.limits.max_tensor_count);
@@ -366,7 +373,7 @@ Status describe_torch_archive(const ByteSource& file, const cdr::ZipDirectory& d
   std::sort(structure.globals.begin(), structure.globals.end());
   structure.globals.erase(std::unique(structure.globals.begin(), structure.globals.end()), structure.globals.end());
   for (const auto& entry : directory.entries()) structure.records.push_back(entry.name);
-  auto canonical = canonical_pickle_digest(tree);
+  auto canonical = canonical_pickle_digest(std::move(parsed->tree));  // the tree's last use
   if (!canonical) return tl::unexpected(canonical.error());
   structure.canonical_pickle = *canonical;
   facts.structure = std::move(structure);

@@ -113,8 +113,10 @@ Digest architecture_fingerprint(const std::vector<TensorEntry>& tensors, const s
 
 // Recomputes every fact of a file from its bytes. The content is identified by its bytes: PyTorch
 // archives (a zip with <folder>/data.pkl) and safetensors files are described in full, anything else
-// by digest. The pickle is parsed by zoogate's VM under `policy` (it never runs anything); a file
-// that looks like an archive or safetensors but does not parse is an error, as are read errors.
+// by digest. The pickle is parsed by zoogate's VM under `policy` (it never runs anything) and must be
+// clean under it. Content that looks like an archive or a safetensors file but does not parse, or
+// whose pickle has findings, leaves a plain file with FileFacts::content_error saying why; only read
+// errors are errors.
 Result<FileFacts> facts_from_file(const ByteSource& file, const cdr::Policy& policy);
 
 // The facts of a file that cdr::sanitize() just wrote with `report`, without hashing again what the

@@ -202,16 +202,29 @@ TEST_F(VerifyTest, PickleLevelChangeKeepsEveryTensorButNotTheStructure) {
   EXPECT_FALSE(names(outcome, "architecture", "fingerprint"));
 }
 
-TEST_F(VerifyTest, AGlobalAddedByTamperingIsNamedInTheStructure) {
+TEST_F(VerifyTest, AGlobalAddedByTamperingIsNamed) {
   cdr::ValueTree tree = model();
   auto& root = std::get<cdr::OrderedDictValue>(tree.at(tree.root));
   root.items.emplace_back(tree.add(cdr::StrValue{"hook"}), tree.add(cdr::GlobalValue{"os", "system"}));
   folder_.write("model.pt", archive_of(tree));  // written by the attacker, not by zoogate
   VerifyOutcome outcome = verify();
+  auto format = std::find_if(outcome.differences.begin(), outcome.differences.end(),
+                             [](const Difference& d) { return d.item == "file" && d.field == "format"; });
+  ASSERT_NE(format, outcome.differences.end()) << all_of(outcome);
+  EXPECT_EQ(format->expected, "torch-zip");
+  EXPECT_NE(format->found.find("os.system"), std::string::npos) << format->found;
+
+  // A global the built-in allowlist knows is a structure difference of a still readable file.
+  tree = model();
+  auto& same_root = std::get<cdr::OrderedDictValue>(tree.at(tree.root));
+  same_root.items.emplace_back(tree.add(cdr::StrValue{"dtype"}), tree.add(cdr::GlobalValue{"torch", "float16"}));
+  folder_.write("model.pt", sanitize_bytes(archive_of(tree)).output);
+  outcome = verify();
   auto globals = std::find_if(outcome.differences.begin(), outcome.differences.end(),
                               [](const Difference& d) { return d.item == "structure" && d.field == "globals"; });
   ASSERT_NE(globals, outcome.differences.end()) << all_of(outcome);
-  EXPECT_EQ(globals->found, "+os.system");
+  EXPECT_EQ(globals->found, "+torch.float16");
+  EXPECT_TRUE(changed_tensors(outcome).empty()) << all_of(outcome);
 }
 
 TEST_F(VerifyTest, EditedManifestAndOtherKeysFailTheSignature) {
