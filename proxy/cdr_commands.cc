@@ -30,12 +30,16 @@ void add_common_options(CLI::App& command, CdrArguments& arguments) {
   command.add_flag("--json", arguments.json, "Report as JSON instead of text");
 }
 
+}  // namespace
+
 Result<cdr::Policy> load_policy(const std::string& path) {
   if (path.empty()) return config::default_policy_config().policy_for("");
   auto loaded = config::load_policy_config(path);
   if (!loaded) return tl::unexpected(loaded.error());
   return loaded->policy_for("");
 }
+
+namespace {
 
 bool emit_report(const cdr::SanitizeReport& report, const CdrArguments& arguments) {
   std::string text = arguments.json ? cdr::report_to_json(report).dump(2) + "\n" : cdr::report_to_text(report);
@@ -82,26 +86,27 @@ void add_sanitize_command(CLI::App& app, int& exit_code) {
                       "torch: the input's own kind (legacy PyTorch becomes a current PyTorch zip); "
                       "safetensors: tensors only")
       ->check(CLI::IsMember({"torch", "safetensors"}));
-  auto signing = add_manifest_signing_options(*command);
-  command->callback([arguments, output, format, signing, &exit_code] {
+  auto mtd = add_mtd_options(*command);
+  command->callback([arguments, output, format, mtd, &exit_code] {
     auto policy = load_policy(arguments->policy_file);
     if (!policy) return void(exit_code = fail_with(policy.error()));
-    if (auto prepared = prepare_manifest_signing(*signing); !prepared) {
-      return void(exit_code = fail_with(prepared.error()));
-    }
     auto source = FileSource::open(arguments->input);
     if (!source) return void(exit_code = fail_with(source.error()));
+    if (auto prepared = prepare_mtd_options(*mtd, **source); !prepared) {
+      return void(exit_code = fail_with(prepared.error()));
+    }
     auto sink = AtomicFileSink::create(*output);
     if (!sink) return void(exit_code = fail_with(sink.error()));
 
     cdr::SanitizeOptions options;
     options.format = *format == "safetensors" ? cdr::OutputFormat::kSafetensors : cdr::OutputFormat::kNative;
+    options.layout = layout_of(*mtd);
     cdr::SanitizeReport report = cdr::sanitize(**source, *policy, options, **sink);
     if (report.verdict != cdr::Verdict::kBlocked) {
       if (auto committed = (*sink)->commit(); !committed) return void(exit_code = fail_with(committed.error()));
     }
     sink->reset();  // an uncommitted sink removes its temporary file: a blocked run leaves nothing
-    if (auto manifest = write_signed_manifest(*signing, report, *policy, *output, /*seed_id=*/""); !manifest) {
+    if (auto manifest = write_signed_manifest(*mtd, report, *policy, *output); !manifest) {
       return void(exit_code = fail_with(manifest.error()));
     }
     exit_code = emit_report(report, *arguments) ? exit_code_for(report, false) : kExitError;

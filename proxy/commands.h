@@ -9,9 +9,14 @@
 
 #include "common/error.h"
 
+namespace zoogate {
+class ByteSource;
+}  // namespace zoogate
+
 namespace zoogate::cdr {
 struct Policy;
 struct SanitizeReport;
+class LayoutPlanner;
 }  // namespace zoogate::cdr
 
 namespace zoogate::cli {
@@ -23,6 +28,7 @@ inline constexpr int kExitFindings = 2;    // scan: the file would be disarmed
 inline constexpr int kExitBlocked = 3;     // the file is blocked; nothing was written
 inline constexpr int kExitTampered = 4;    // verify: the artifact differs from its manifest, or the
                                            // manifest does not verify with the key
+inline constexpr int kExitNoMatch = 5;     // trace: no candidate scope and epoch made this file
 
 void add_sanitize_command(CLI::App& app, int& exit_code);
 void add_scan_command(CLI::App& app, int& exit_code);
@@ -30,15 +36,24 @@ void add_keygen_command(CLI::App& app, int& exit_code);
 void add_sign_command(CLI::App& app, int& exit_code);
 void add_verify_command(CLI::App& app, int& exit_code);
 
-// The --sign, --manifest and --model-config options of `sanitize` (mtd_commands.cc).
-struct ManifestSigning;
-std::shared_ptr<ManifestSigning> add_manifest_signing_options(CLI::App& command);
-// Loads the signing key when --sign was given, so that a bad key fails before any work is done.
-Status prepare_manifest_signing(ManifestSigning& signing);
+void add_trace_command(CLI::App& app, int& exit_code);
+
+// The CDR policy from a policy file, or the built-in one when `path` is empty.
+Result<cdr::Policy> load_policy(const std::string& path);
+
+// The MTD options of `sanitize` (mtd_commands.cc): --sign, --manifest, --model-config, --mtd-secret,
+// --mtd-scope, --mtd-epoch, --mtd-weights.
+struct MtdOptions;
+std::shared_ptr<MtdOptions> add_mtd_options(CLI::App& command);
+// Loads the signing key and builds the variation for `input`, so that a bad key or secret fails
+// before any output is written.
+Status prepare_mtd_options(MtdOptions& options, const ByteSource& input);
+// The layout planner for SanitizeOptions::layout: the variation, or null for the canonical layout.
+const cdr::LayoutPlanner* layout_of(const MtdOptions& options);
 // After a sanitize run that wrote `output_path`: when --sign was given and the file was not blocked,
 // builds the file's manifest (provenance: the input's digest as upstream digest, the policy, the
-// verdict and findings, `seed_id`), signs it and writes it to the --manifest file.
-Status write_signed_manifest(const ManifestSigning& signing, const cdr::SanitizeReport& report,
-                             const cdr::Policy& policy, const std::string& output_path, const std::string& seed_id);
+// verdict and findings, the variant's seed id), signs it and writes it to the --manifest file.
+Status write_signed_manifest(const MtdOptions& options, const cdr::SanitizeReport& report,
+                             const cdr::Policy& policy, const std::string& output_path);
 
 }  // namespace zoogate::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   zoogate::cli::add_keygen_command(app, exit_code);
   zoogate::cli::add_sign_command(app, exit_code);
   zoogate::cli::add_verify_command(app, exit_code);
+  zoogate::cli::add_trace_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

@@ -1,5 +1,9 @@
-// `zoogate keygen`, `zoogate sign`, `zoogate verify`, and the signed manifest of `zoogate sanitize --sign`.
+// `zoogate keygen`, `zoogate sign`, `zoogate verify`, `zoogate trace`, and the MTD options of
+// `zoogate sanitize` (layout and weight variation, signed manifest).
+#include <charconv>
 #include <cstdio>
+#include <tuple>
+#include <vector>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -13,17 +17,26 @@
 #include "common/encoding.h"
 #include "mtd/dsse.h"
 #include "mtd/manifest.h"
+#include "mtd/layout_variation.h"
 #include "mtd/signing.h"
+#include "mtd/trace.h"
+#include "mtd/variant_seed.h"
 #include "mtd/verify.h"
 #include "proxy/commands.h"
 
 namespace zoogate::cli {
 
-struct ManifestSigning {
+struct MtdOptions {
   std::string key_file;
   std::string manifest_file;
   std::string model_config_file;
-  std::optional<mtd::PrivateKey> key;  // loaded by prepare_manifest_signing
+  std::string secret_file;
+  std::string scope = "deployment";
+  uint64_t epoch = 0;
+  bool permute_weights = false;
+  // Set by prepare_mtd_options.
+  std::optional<mtd::PrivateKey> key;
+  std::unique_ptr<mtd::LayoutVariation> variation;
 };
 
 namespace {
@@ -84,32 +97,72 @@ void print_outcome(const std::string& path, const mtd::VerifyOutcome& outcome, b
 
 }  // namespace
 
-std::shared_ptr<ManifestSigning> add_manifest_signing_options(CLI::App& command) {
-  auto signing = std::make_shared<ManifestSigning>();
-  CLI::Option* key = command.add_option("--sign", signing->key_file,
+std::shared_ptr<MtdOptions> add_mtd_options(CLI::App& command) {
+  auto options = std::make_shared<MtdOptions>();
+  CLI::Option* key = command.add_option("--sign", options->key_file,
                                         "Sign a manifest of the written file with this private key (PEM)");
-  CLI::Option* manifest = command.add_option("--manifest", signing->manifest_file,
+  CLI::Option* manifest = command.add_option("--manifest", options->manifest_file,
                                              "Where --sign writes the signed manifest (Sigstore bundle JSON)");
   key->needs(manifest);
   manifest->needs(key);
-  command.add_option("--model-config", signing->model_config_file,
-                     "The repository's config.json, folded into the manifest's architecture fingerprint")
-      ->needs(key)
+  command.add_option("--model-config", options->model_config_file,
+                     "The repository's config.json: folded into the manifest's architecture fingerprint, and "
+                     "tells --mtd-weights the attention head counts")
       ->check(CLI::ExistingFile);
-  return signing;
+  CLI::Option* secret = command.add_option(
+      "--mtd-secret", options->secret_file,
+      "Variation secret (at least 32 bytes): write a keyed variant of the rebuilt file (see docs/mtd.md)");
+  command.add_option("--mtd-scope", options->scope, "Who the variant is for (user, client, address)")
+      ->needs(secret)
+      ->capture_default_str();
+  command.add_option("--mtd-epoch", options->epoch, "Variation epoch")->needs(secret)->capture_default_str();
+  command.add_flag("--mtd-weights", options->permute_weights,
+                   "Also permute feed-forward units and attention heads (function-preserving)")
+      ->needs(secret);
+  return options;
 }
 
-Status prepare_manifest_signing(ManifestSigning& signing) {
-  if (signing.key_file.empty()) return {};
-  auto key = mtd::PrivateKey::load(signing.key_file);
-  if (!key) return tl::unexpected(key.error());
-  signing.key = std::move(*key);
+// The repository's config.json, parsed, when --model-config names one.
+Result<std::optional<nlohmann::json>> load_model_config(const std::string& path) {
+  if (path.empty()) return std::optional<nlohmann::json>{};
+  constexpr uint64_t kMaxModelConfigSize = 1 << 20;
+  auto text = read_small_file(path, kMaxModelConfigSize);
+  if (!text) return tl::unexpected(text.error());
+  auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return fail(ErrorCode::kInvalidArgument, path + " is not a JSON object");
+  }
+  return std::optional<nlohmann::json>(std::move(json));
+}
+
+Status prepare_mtd_options(MtdOptions& options, const ByteSource& input) {
+  if (!options.key_file.empty()) {
+    auto key = mtd::PrivateKey::load(options.key_file);
+    if (!key) return tl::unexpected(key.error());
+    options.key = std::move(*key);
+  }
+  if (options.secret_file.empty()) return {};
+  auto secret = mtd::load_secret(options.secret_file);
+  if (!secret) return tl::unexpected(secret.error());
+  // The variant is keyed by the digest of what upstream served, which must be known before planning.
+  auto digest = Sha256::of_range(input, 0, input.size());
+  if (!digest) return tl::unexpected(digest.error());
+  auto model_config = load_model_config(options.model_config_file);
+  if (!model_config) return tl::unexpected(model_config.error());
+  auto variation = mtd::make_variation(mtd::VariationSettings{std::move(*secret), options.scope, *digest,
+                                                              options.epoch, options.permute_weights,
+                                                              std::move(*model_config)});
+  if (!variation) return tl::unexpected(variation.error());
+  options.variation = std::move(*variation);
   return {};
 }
 
-Status write_signed_manifest(const ManifestSigning& signing, const cdr::SanitizeReport& report,
-                             const cdr::Policy& policy, const std::string& output_path, const std::string& seed_id) {
+const cdr::LayoutPlanner* layout_of(const MtdOptions& options) { return options.variation.get(); }
+
+Status write_signed_manifest(const MtdOptions& signing, const cdr::SanitizeReport& report,
+                             const cdr::Policy& policy, const std::string& output_path) {
   if (!signing.key || report.verdict == cdr::Verdict::kBlocked) return {};
+  const std::string seed_id = signing.variation ? signing.variation->seed_id() : "";
   std::optional<mtd::Digest> config_sha256;
   if (!signing.model_config_file.empty()) {
     auto digest = mtd::artifact_sha256(signing.model_config_file);
@@ -210,6 +263,83 @@ void add_verify_command(CLI::App& app, int& exit_code) {
     if (!outcome) return void(exit_code = fail_with(outcome.error()));
     print_outcome(arguments->path, *outcome, arguments->json);
     exit_code = outcome->intact() ? kExitOk : kExitTampered;
+  });
+}
+
+// "0-9" or "7": an inclusive range of epochs.
+Result<std::pair<uint64_t, uint64_t>> parse_epoch_range(const std::string& text) {
+  auto parse = [&](std::string_view part) -> std::optional<uint64_t> {
+    uint64_t value = 0;
+    auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), value);
+    if (error != std::errc() || end != part.data() + part.size() || part.empty()) return std::nullopt;
+    return value;
+  };
+  size_t dash = text.find('-');
+  auto first = parse(std::string_view(text).substr(0, dash));
+  auto last = dash == std::string::npos ? first : parse(std::string_view(text).substr(dash + 1));
+  if (!first || !last || *first > *last) {
+    return fail(ErrorCode::kInvalidArgument, "--epochs takes N or FIRST-LAST, got '" + text + "'");
+  }
+  return std::make_pair(*first, *last);
+}
+
+void add_trace_command(CLI::App& app, int& exit_code) {
+  struct Arguments {
+    std::string leaked_file;
+    std::string original_file;
+    std::string secret_file;
+    std::vector<std::string> scopes;
+    std::string epochs = "0";
+    std::string policy_file;
+    std::string model_config_file;
+    bool permute_weights = false;
+  };
+  auto arguments = std::make_shared<Arguments>();
+  CLI::App* command = app.add_subcommand(
+      "trace", "Tell which scope and epoch a leaked variant was served to. Exit 0: found; 5: no candidate "
+               "matches; 1: usage or I/O error");
+  command->add_option("file", arguments->leaked_file, "The leaked file")->required()->check(CLI::ExistingFile);
+  command->add_option("--original", arguments->original_file, "The upstream file the variant was made from")
+      ->required()
+      ->check(CLI::ExistingFile);
+  command->add_option("--mtd-secret", arguments->secret_file, "The deployment's variation secret")->required();
+  command->add_option("--scopes", arguments->scopes, "Candidate scopes, comma-separated")
+      ->required()
+      ->delimiter(',');
+  command->add_option("--epochs", arguments->epochs, "Candidate epochs: N or FIRST-LAST")->capture_default_str();
+  command->add_option("--policy", arguments->policy_file, "The policy the variants were served under");
+  command->add_option("--model-config", arguments->model_config_file, "config.json, as served with --mtd-weights")
+      ->check(CLI::ExistingFile);
+  command->add_flag("--mtd-weights", arguments->permute_weights, "The variants had weight variation");
+  command->callback([arguments, &exit_code] {
+    mtd::TraceRequest request;
+    auto secret = mtd::load_secret(arguments->secret_file);
+    if (!secret) return void(exit_code = fail_with(secret.error()));
+    request.secret = std::move(*secret);
+    request.scopes = arguments->scopes;
+    auto epochs = parse_epoch_range(arguments->epochs);
+    if (!epochs) return void(exit_code = fail_with(epochs.error()));
+    std::tie(request.first_epoch, request.last_epoch) = *epochs;
+    request.permute_weights = arguments->permute_weights;
+    auto model_config = load_model_config(arguments->model_config_file);
+    if (!model_config) return void(exit_code = fail_with(model_config.error()));
+    request.model_config = std::move(*model_config);
+    auto policy = load_policy(arguments->policy_file);
+    if (!policy) return void(exit_code = fail_with(policy.error()));
+    request.policy = std::move(*policy);
+    auto leaked = FileSource::open(arguments->leaked_file);
+    if (!leaked) return void(exit_code = fail_with(leaked.error()));
+    auto original = FileSource::open(arguments->original_file);
+    if (!original) return void(exit_code = fail_with(original.error()));
+    auto match = mtd::trace_variant(**leaked, **original, request);
+    if (!match) return void(exit_code = fail_with(match.error()));
+    if (!*match) {
+      std::printf("none: no candidate scope and epoch reproduces %s\n", arguments->leaked_file.c_str());
+      return void(exit_code = kExitNoMatch);
+    }
+    std::printf("scope: %s\nepoch: %llu\nseed id: %s\n", (*match)->scope.c_str(),
+                static_cast<unsigned long long>((*match)->epoch), (*match)->seed_id.c_str());
+    exit_code = kExitOk;
   });
 }
 

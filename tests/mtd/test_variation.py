@@ -8,8 +8,10 @@ WeightVariation: tiny GPT-2, BERT and Llama models (random weights under the rea
 shapes, forward passes written here in plain PyTorch) compute the same outputs on random probe inputs
 after weight variation, within 1e-5 relative error in fp32, although their weights changed.
 
-CTest runs this under Debian's Python (torch 1.13) with ZOOGATE_MTD_TOOL set to the helper built from
-variant_tool.cc.
+Trace: a variant made for one of fifty scope/epoch pairs is attributed to exactly that pair, and an
+unrelated file to none.
+
+CTest runs this under Debian's Python (torch 1.13) with ZOOGATE_BIN set to the zoogate binary.
 """
 import collections
 import hashlib
@@ -24,7 +26,7 @@ import zipfile
 import torch
 import torch.nn.functional as F
 
-TOOL = os.environ.get("ZOOGATE_MTD_TOOL", "")
+ZOOGATE = os.environ.get("ZOOGATE_BIN", "")
 RELATIVE_TOLERANCE = 1e-5
 
 
@@ -48,9 +50,12 @@ class Workspace:
         return self.path(name)
 
     def vary(self, source, output, scope="client", epoch=1, weights=False, config_path=None):
-        command = [TOOL, source, self.path(output), self.secret, scope, str(epoch), "1" if weights else "0"]
+        command = [ZOOGATE, "sanitize", source, "-o", self.path(output), "--json", "--mtd-secret", self.secret,
+                   "--mtd-scope", scope, "--mtd-epoch", str(epoch)]
+        if weights:
+            command.append("--mtd-weights")
         if config_path:
-            command.append(config_path)
+            command += ["--model-config", config_path]
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {run.returncode}: {run.stderr}{run.stdout}")
@@ -468,6 +473,50 @@ class WeightVariation(unittest.TestCase):
         second, _ = self.vary("llama-bob.pt", state, config, scope="bob")
         self.assertFalse(torch.equal(first["model.layers.0.mlp.up_proj.weight"],
                                      second["model.layers.0.mlp.up_proj.weight"]))
+
+
+class Trace(unittest.TestCase):
+    """zoogate trace names the scope and epoch a variant was served to, among fifty candidates."""
+
+    SCOPES = ["alice", "bob", "carol", "dave", "erin"]
+    EPOCHS = range(10)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.workspace = Workspace()
+        torch.manual_seed(7)
+        state = collections.OrderedDict((f"layers.{i}.weight", torch.randn(16, 16)) for i in range(8))
+        cls.original = cls.workspace.save("original.pt", state)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.workspace.close()
+
+    def trace(self, leaked):
+        command = [ZOOGATE, "trace", leaked, "--original", self.original, "--mtd-secret", self.workspace.secret,
+                   "--scopes", ",".join(self.SCOPES), "--epochs", f"{self.EPOCHS[0]}-{self.EPOCHS[-1]}"]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    def test_every_sampled_variant_is_traced_to_its_scope_and_epoch(self):
+        variants = {}
+        for scope in self.SCOPES:
+            for epoch in self.EPOCHS:
+                path, _ = self.workspace.vary(self.original, f"{scope}-{epoch}.pt", scope=scope, epoch=epoch)
+                variants[(scope, epoch)] = path
+        self.assertEqual(len({sha256(path) for path in variants.values()}), 50, "fifty distinct variants")
+        for scope, epoch in [("alice", 0), ("carol", 4), ("erin", 9), ("bob", 7)]:
+            run = self.trace(variants[(scope, epoch)])
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            self.assertIn(f"scope: {scope}\n", run.stdout)
+            self.assertIn(f"epoch: {epoch}\n", run.stdout)
+
+    def test_an_unrelated_file_matches_none(self):
+        torch.manual_seed(8)
+        other = self.workspace.save("other.pt", {"layers.0.weight": torch.randn(16, 16)})
+        for leaked in (other, self.original):
+            run = self.trace(leaked)
+            self.assertEqual(run.returncode, 5, run.stdout + run.stderr)
+            self.assertIn("none", run.stdout)
 
 
 if __name__ == "__main__":
