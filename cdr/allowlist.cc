@@ -18,13 +18,52 @@ struct Entry {
 // Every dtype name torch defines (str(dtype) without "torch."); torch.save pickles a dtype as
 // GLOBAL torch.<name> with these canonical names only, never the aliases (torch.half, torch.long...).
 constexpr std::string_view kTorchDtypes[] = {
-    "float32",  "float64",  "float16",  "bfloat16", "complex32",      "complex64",       "complex128",
-    "uint8",    "int8",     "int16",    "int32",    "int64",          "bool",            "qint8",
-    "quint8",   "qint32",   "quint4x2", "quint2x4", "float8_e4m3fn",  "float8_e5m2",     "float8_e4m3fnuz",
-    "float8_e5m2fnuz",      "float8_e8m0fnu",       "float4_e2m1fn_x2", "uint16",        "uint32",
-    "uint64",   "uint1",    "uint2",    "uint3",    "uint4",          "uint5",           "uint6",
-    "uint7",    "int1",     "int2",     "int3",     "int4",           "int5",            "int6",
-    "int7",     "bits1x8",  "bits2x4",  "bits4x2",  "bits8",          "bits16",
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "complex32",
+    "complex64",
+    "complex128",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "bool",
+    "qint8",
+    "quint8",
+    "qint32",
+    "quint4x2",
+    "quint2x4",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "uint16",
+    "uint32",
+    "uint64",
+    "uint1",
+    "uint2",
+    "uint3",
+    "uint4",
+    "uint5",
+    "uint6",
+    "uint7",
+    "int1",
+    "int2",
+    "int3",
+    "int4",
+    "int5",
+    "int6",
+    "int7",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "bits8",
+    "bits16",
 };
 
 constexpr Entry kFixedEntries[] = {
@@ -55,9 +94,7 @@ constexpr Entry kFixedEntries[] = {
     {"copyreg", "_reconstructor", GlobalKind::kCopyregReconstructor},
 };
 
-bool entry_less(const Entry& a, const Entry& b) {
-  return a.module != b.module ? a.module < b.module : a.name < b.name;
-}
+bool entry_less(const Entry& a, const Entry& b) { return a.module != b.module ? a.module < b.module : a.name < b.name; }
 
 // The fixed entries plus the dtypes, sorted for binary search. Built once, then read-only.
 const std::vector<Entry>& table() {

@@ -23,25 +23,25 @@ enum class GlobalKind : uint8_t {
   kParameter,    // torch.nn.parameter.Parameter (also callable: Parameter(tensor[, requires_grad]))
   kOperator,     // a pair from Policy::operator_allowed_globals (never in the built-in table)
   // Callables and call arguments: only ever consumed by a REDUCE/NEWOBJ/INST/OBJ they belong to.
-  kOrderedDict,                 // collections.OrderedDict
-  kRebuildTensor,               // torch._utils._rebuild_tensor
-  kRebuildTensorV2,             // torch._utils._rebuild_tensor_v2
-  kRebuildParameter,            // torch._utils._rebuild_parameter
-  kRebuildParameterWithState,   // torch._utils._rebuild_parameter_with_state
-  kRebuildFromTypeV2,           // torch._tensor._rebuild_from_type_v2
-  kNumpyReconstruct,            // numpy.core.multiarray._reconstruct (and numpy._core.)
-  kNumpyNdarray,                // numpy.ndarray (argument of _reconstruct)
-  kNumpyDtype,                  // numpy.dtype
-  kNumpyScalar,                 // numpy.core.multiarray.scalar (and numpy._core.)
-  kNumpyFrombuffer,             // numpy.core.numeric._frombuffer (and numpy._core.)
-  kSet,                         // builtins.set
-  kFrozenset,                   // builtins.frozenset
-  kBytearray,                   // builtins.bytearray
-  kBytes,                       // builtins.bytes (protocol < 3 pickles b'' as bytes())
-  kCodecsEncode,                // _codecs.encode (protocol < 3 pickles bytes through it)
-  kNamespace,                   // argparse.Namespace
-  kCopyregReconstructor,        // copyreg._reconstructor (protocol 0/1 objects)
-  kObject,                      // builtins.object (argument of copyreg._reconstructor)
+  kOrderedDict,                // collections.OrderedDict
+  kRebuildTensor,              // torch._utils._rebuild_tensor
+  kRebuildTensorV2,            // torch._utils._rebuild_tensor_v2
+  kRebuildParameter,           // torch._utils._rebuild_parameter
+  kRebuildParameterWithState,  // torch._utils._rebuild_parameter_with_state
+  kRebuildFromTypeV2,          // torch._tensor._rebuild_from_type_v2
+  kNumpyReconstruct,           // numpy.core.multiarray._reconstruct (and numpy._core.)
+  kNumpyNdarray,               // numpy.ndarray (argument of _reconstruct)
+  kNumpyDtype,                 // numpy.dtype
+  kNumpyScalar,                // numpy.core.multiarray.scalar (and numpy._core.)
+  kNumpyFrombuffer,            // numpy.core.numeric._frombuffer (and numpy._core.)
+  kSet,                        // builtins.set
+  kFrozenset,                  // builtins.frozenset
+  kBytearray,                  // builtins.bytearray
+  kBytes,                      // builtins.bytes (protocol < 3 pickles b'' as bytes())
+  kCodecsEncode,               // _codecs.encode (protocol < 3 pickles bytes through it)
+  kNamespace,                  // argparse.Namespace
+  kCopyregReconstructor,       // copyreg._reconstructor (protocol 0/1 objects)
+  kObject,                     // builtins.object (argument of copyreg._reconstructor)
 };
 
 // The built-in entry for an exact pair, or nullopt. Names are taken as given: the caller applies

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 
+#include "cdr/message_text.h"
 #include "cdr/pickle_machine.h"
 #include "cdr/pickle_text.h"
 #include "common/checked.h"
@@ -19,14 +20,13 @@ struct NumpyType {
 };
 
 constexpr NumpyType kNumpyTypes[] = {
-    {"b1", 1, false},  {"i1", 1, false},  {"u1", 1, false},  {"i2", 2, false},  {"u2", 2, false},
-    {"i4", 4, false},  {"u4", 4, false},  {"i8", 8, false},  {"u8", 8, false},  {"f2", 2, false},
-    {"f4", 4, false},  {"f8", 8, false},  {"f16", 16, false}, {"c8", 8, false}, {"c16", 16, false},
-    {"c32", 32, false}, {"M8", 8, true},  {"m8", 8, true},
+    {"b1", 1, false},   {"i1", 1, false}, {"u1", 1, false},   {"i2", 2, false},   {"u2", 2, false}, {"i4", 4, false},
+    {"u4", 4, false},   {"i8", 8, false}, {"u8", 8, false},   {"f2", 2, false},   {"f4", 4, false}, {"f8", 8, false},
+    {"f16", 16, false}, {"c8", 8, false}, {"c16", 16, false}, {"c32", 32, false}, {"M8", 8, true},  {"m8", 8, true},
 };
 
-constexpr std::string_view kDatetimeUnits[] = {"Y", "M", "W", "D", "h", "m", "s", "ms",
-                                               "us", "ns", "ps", "fs", "as", "generic"};
+constexpr std::string_view kDatetimeUnits[] = {"Y",  "M",  "W",  "D",  "h",  "m",  "s",
+                                               "ms", "us", "ns", "ps", "fs", "as", "generic"};
 
 // numpy's dtype BUILD state: (version, byteorder, subarray, names, fields, elsize, alignment, flags
 // [, metadata]). Version 3 has 8 items; datetime types use version 4 with a 9th item.
@@ -116,12 +116,14 @@ Result<NodeId> PickleMachine::resolve_global(std::string_view module, std::strin
 
   GlobalKind kind = find_builtin(resolved, name).value_or(GlobalKind::kNone);
   if (kind == GlobalKind::kNone) {
-    bool operator_allowed = std::any_of(policy_.operator_allowed_globals.begin(), policy_.operator_allowed_globals.end(),
-                                        [&](const GlobalName& allowed) { return allowed.module == resolved && allowed.name == name; });
+    bool operator_allowed =
+        std::any_of(policy_.operator_allowed_globals.begin(), policy_.operator_allowed_globals.end(),
+                    [&](const GlobalName& allowed) { return allowed.module == resolved && allowed.name == name; });
     if (operator_allowed) kind = GlobalKind::kOperator;
   }
   if (kind == GlobalKind::kNone) {
-    return forbid(FindingKind::kForbiddenGlobal, op_name(op_) + " " + printable(module) + "." + printable(name),
+    return forbid(FindingKind::kForbiddenGlobal,
+                  op_name(op_) + " " + escape_for_message(module) + "." + escape_for_message(name),
                   "the (module, name) pair is not in the allowlist");
   }
   // Python resolves a global to one object, so every mention shares one node.
@@ -154,8 +156,9 @@ Result<NodeId> PickleMachine::call(Op op, NodeId callable, NodeId args) {
 
 Result<NodeId> PickleMachine::bad_call(const CallSite& site, std::string reason) {
   const auto& global = std::get<GlobalValue>(tree_.nodes[site.callable]);
-  return forbid(FindingKind::kForbiddenCall, op_name(static_cast<uint8_t>(site.op)) + " " + printable(global.module) +
-                                                 "." + printable(global.name),
+  return forbid(FindingKind::kForbiddenCall,
+                op_name(static_cast<uint8_t>(site.op)) + " " + escape_for_message(global.module) + "." +
+                    escape_for_message(global.name),
                 std::move(reason));
 }
 
@@ -163,7 +166,8 @@ Result<NodeId> PickleMachine::call_builtin(const CallSite& site) {
   bool is_new = site.op == Op::kNewObj || site.op == Op::kNewObjEx;
   const auto& argv = site.argv;
   switch (site.kind) {
-    case GlobalKind::kOrderedDict: return ordered_dict(site);
+    case GlobalKind::kOrderedDict:
+      return ordered_dict(site);
     case GlobalKind::kParameter:
     case GlobalKind::kRebuildParameter:
     case GlobalKind::kRebuildParameterWithState:
@@ -178,9 +182,12 @@ Result<NodeId> PickleMachine::call_builtin(const CallSite& site) {
   // The remaining entries are functions or classes that pickles only ever call.
   if (is_new) return bad_call(site, "is not constructed with NEWOBJ");
   switch (site.kind) {
-    case GlobalKind::kRebuildTensor: return rebuild_tensor(site, argv, true);
-    case GlobalKind::kRebuildTensorV2: return rebuild_tensor(site, argv, false);
-    case GlobalKind::kRebuildFromTypeV2: return rebuild_from_type(site);
+    case GlobalKind::kRebuildTensor:
+      return rebuild_tensor(site, argv, true);
+    case GlobalKind::kRebuildTensorV2:
+      return rebuild_tensor(site, argv, false);
+    case GlobalKind::kRebuildFromTypeV2:
+      return rebuild_from_type(site);
     case GlobalKind::kTorchSize: {
       std::vector<int64_t> dims;
       if (argv.size() != 1 || !get<TupleValue>(argv[0]) || !int64_items(argv[0], dims)) {
@@ -198,9 +205,12 @@ Result<NodeId> PickleMachine::call_builtin(const CallSite& site) {
       }
       return add(NumpyArrayValue{}, 0, kNotValue | kAwaitingBuild);
     }
-    case GlobalKind::kNumpyDtype: return numpy_dtype(site);
-    case GlobalKind::kNumpyScalar: return numpy_scalar(site);
-    case GlobalKind::kNumpyFrombuffer: return numpy_frombuffer(site);
+    case GlobalKind::kNumpyDtype:
+      return numpy_dtype(site);
+    case GlobalKind::kNumpyScalar:
+      return numpy_scalar(site);
+    case GlobalKind::kNumpyFrombuffer:
+      return numpy_frombuffer(site);
     case GlobalKind::kSet:
     case GlobalKind::kFrozenset:
       return make_set(site);
@@ -243,7 +253,8 @@ Result<NodeId> PickleMachine::rebuild_tensor(const CallSite& site, std::span<con
     const bool* grad = get<bool>(argv[4]);
     if (!grad) return bad_call(site, "argument 5 (requires_grad) must be a bool");
     requires_grad = *grad;
-    if (!is_empty_ordered_dict(argv[5])) return bad_call(site, "argument 6 (backward hooks) must be an empty OrderedDict");
+    if (!is_empty_ordered_dict(argv[5]))
+      return bad_call(site, "argument 6 (backward hooks) must be an empty OrderedDict");
     if (argv.size() == kV2ArgsWithMetadata && !get<NoneValue>(argv[6])) {
       if (!get<DictValue>(argv[6])) return bad_call(site, "argument 7 (metadata) must be a dict or None");
       metadata = argv[6];
@@ -265,8 +276,8 @@ Result<NodeId> PickleMachine::rebuild_tensor(const CallSite& site, std::span<con
   }
   bool fits = last && (empty ? *last <= storage->numel : *last < storage->numel);
   if (!fits) {
-    return bad_call(site, "the view reaches past the end of its storage of " + std::to_string(storage->numel) +
-                              " elements");
+    return bad_call(site,
+                    "the view reaches past the end of its storage of " + std::to_string(storage->numel) + " elements");
   }
   if (++tensor_count_ > limits_.max_tensor_count) {
     return limit_error("max_tensor_count", tensor_count_, limits_.max_tensor_count);
@@ -328,7 +339,8 @@ Result<NodeId> PickleMachine::rebuild_from_type(const CallSite& site) {
   }
   std::array<NodeId, kMaxBuiltinArgs> inner{};
   std::copy(args->items.begin(), args->items.end(), inner.begin());
-  ZG_ASSIGN_OR_RETURN(NodeId tensor, rebuild_tensor(site, std::span<const NodeId>(inner.data(), args->items.size()), false));
+  ZG_ASSIGN_OR_RETURN(NodeId tensor,
+                      rebuild_tensor(site, std::span<const NodeId>(inner.data(), args->items.size()), false));
   if (!parameter || tensor == kPoison) return tensor;
   bool requires_grad = std::get<TensorValue>(tree_.nodes[tensor]).requires_grad;
   return add(ParameterValue{tensor, requires_grad}, meta_[tensor].depth + 1);
@@ -366,7 +378,7 @@ Result<NodeId> PickleMachine::numpy_dtype(const CallSite& site) {
     return bad_call(site, "expects (type string, False, True)");
   }
   if (!find_numpy_type(typestr->utf8)) {
-    return bad_call(site, "dtype '" + printable(typestr->utf8) +
+    return bad_call(site, "dtype '" + escape_for_message(typestr->utf8) +
                               "' is not a plain bool, integer, float, complex, datetime or timedelta type");
   }
   return add(NumpyDtypeValue{typestr->utf8}, 0, kNotValue | kAwaitingBuild);
@@ -438,7 +450,7 @@ Result<NodeId> PickleMachine::make_bytes(const CallSite& site) {
       return add(BytesValue{std::move(*bytes), array});
     }
   }
-  return bad_call(site, site.kind == GlobalKind::kBytes        ? "expects no arguments"
+  return bad_call(site, site.kind == GlobalKind::kBytes       ? "expects no arguments"
                         : site.kind == GlobalKind::kBytearray ? "expects (), (bytes,) or (str, 'latin-1')"
                                                               : "expects (str, 'latin1')");
 }
@@ -458,7 +470,7 @@ Result<NodeId> PickleMachine::operator_call(const CallSite& site) {
 Status PickleMachine::build() {
   discarded_ = true;  // the state is consumed (copied, or checked and dropped)
   ZG_ASSIGN_OR_RETURN(NodeId state, pop());
-  ZG_ASSIGN_OR_RETURN(NodeId* target, top());
+  ZG_ASSIGN_OR_RETURN(NodeId * target, top());
   if (*target == kPoison) return {};
   ZG_ASSIGN_OR_RETURN(NodeId built, build_on(*target, state));
   stack_.back() = built;
@@ -555,8 +567,8 @@ Result<NodeId> PickleMachine::build_numpy_dtype(NodeId target, NodeId state) {
   }
   const auto& items = tuple->items;
   const auto* byteorder = get<StrValue>(items[1]);
-  bool byteorder_ok = byteorder && (type->itemsize == 1 ? byteorder->utf8 == "|"
-                                                        : byteorder->utf8 == "<" || byteorder->utf8 == ">");
+  bool byteorder_ok =
+      byteorder && (type->itemsize == 1 ? byteorder->utf8 == "|" : byteorder->utf8 == "<" || byteorder->utf8 == ">");
   bool plain = get<NoneValue>(items[2]) && get<NoneValue>(items[3]) && get<NoneValue>(items[4]) &&
                small_int(items[5]) == -1 && small_int(items[6]) == -1 && small_int(items[7]) == 0;
   if (!byteorder_ok || !plain) {
@@ -569,12 +581,13 @@ Result<NodeId> PickleMachine::build_numpy_dtype(NodeId target, NodeId state) {
     const auto* unit = metadata && metadata->items.size() == 2 ? get<TupleValue>(metadata->items[1]) : nullptr;
     const auto* name = unit && unit->items.size() == 4 ? get<BytesValue>(unit->items[0]) : nullptr;
     std::optional<int64_t> count = name ? small_int(unit->items[1]) : std::nullopt;
-    bool unit_ok = user && user->items.empty() && name && !name->is_bytearray &&
-                   std::find(std::begin(kDatetimeUnits), std::end(kDatetimeUnits), name->data) != std::end(kDatetimeUnits) &&
-                   count && *count >= 1 && *count <= INT32_MAX && small_int(unit->items[2]) == 1 &&
-                   small_int(unit->items[3]) == 1;
+    bool unit_ok =
+        user && user->items.empty() && name && !name->is_bytearray &&
+        std::find(std::begin(kDatetimeUnits), std::end(kDatetimeUnits), name->data) != std::end(kDatetimeUnits) &&
+        count && *count >= 1 && *count <= INT32_MAX && small_int(unit->items[2]) == 1 && small_int(unit->items[3]) == 1;
     if (!unit_ok) return refuse("the datetime unit must be ({}, (unit, count, 1, 1))");
-    if (name->data != "generic") descr += "[" + (*count == 1 ? std::string() : std::to_string(*count)) + name->data + "]";
+    if (name->data != "generic")
+      descr += "[" + (*count == 1 ? std::string() : std::to_string(*count)) + name->data + "]";
   }
   std::get<NumpyDtypeValue>(tree_.nodes[target]).descr = std::move(descr);
   meta_[target].flags = kBuilt;
@@ -589,7 +602,8 @@ Result<NodeId> PickleMachine::persistent_id(NodeId pid) {
   if (pid == kPoison) return kPoison;
   const std::string construct = "BINPERSID of " + describe(pid);
   if (options_.persistent_ids == PersistentIdMode::kNone) {
-    return forbid(FindingKind::kForbiddenPersistentId, construct, "persistent ids are only accepted inside PyTorch archives");
+    return forbid(FindingKind::kForbiddenPersistentId, construct,
+                  "persistent ids are only accepted inside PyTorch archives");
   }
   // ('storage', torch.<T>Storage, key, location, numel), plus a None view slot in the legacy format.
   bool legacy = options_.persistent_ids == PersistentIdMode::kTorchLegacy;
@@ -615,7 +629,7 @@ Result<NodeId> PickleMachine::persistent_id(NodeId pid) {
   if (!inserted) {
     const auto& existing = std::get<StorageRefValue>(tree_.nodes[it->second]);
     if (existing.type != ref.type || existing.location != ref.location || existing.numel != ref.numel) {
-      return forbid(FindingKind::kForbiddenPersistentId, "BINPERSID storage '" + printable(ref.key) + "'",
+      return forbid(FindingKind::kForbiddenPersistentId, "BINPERSID storage '" + escape_for_message(ref.key) + "'",
                     "another reference to this storage key disagrees on type, location or size");
     }
     return it->second;

@@ -25,8 +25,8 @@
 
 // Evaluates a Result-returning expression; on error returns it, otherwise moves the value into `lhs`.
 #define ZG_ASSIGN_OR_RETURN(lhs, expr) ZG_ASSIGN_OR_RETURN_IMPL(ZG_CONCAT(zg_result_, __LINE__), lhs, expr)
-#define ZG_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)      \
-  auto tmp = (expr);                                  \
+#define ZG_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)             \
+  auto tmp = (expr);                                         \
   if (!tmp) return ::tl::unexpected(std::move(tmp.error())); \
   lhs = std::move(*tmp)
 #define ZG_CONCAT(a, b) ZG_CONCAT_IMPL(a, b)
@@ -34,34 +34,87 @@
 
 namespace zoogate::cdr {
 
-inline constexpr NodeId kPoison = 0xFFFFFFFF;           // a disarmed construct
-inline constexpr NodeId kNoNode = 0xFFFFFFFE;           // an empty memo slot, an unset cache entry
-inline constexpr uint64_t kMaxNodes = 0xFFFFFF00;       // node ids stay clear of the sentinels
-inline constexpr size_t kMaxBuiltinArgs = 8;            // no allowlisted callable takes more
-inline constexpr size_t kMinMetaSlots = 1024;
+inline constexpr NodeId kPoison = 0xFFFFFFFF;      // a disarmed construct
+inline constexpr NodeId kNoNode = 0xFFFFFFFE;      // an empty memo slot, an unset cache entry
+inline constexpr uint64_t kMaxNodes = 0xFFFFFF00;  // node ids stay clear of the sentinels
+inline constexpr size_t kMaxBuiltinArgs = 8;       // no allowlisted callable takes more
+inline constexpr size_t kMinMetaSlots = 1024;      // meta_ growth step when not pre-sized
 
 enum class Op : uint8_t {
-  kMark = '(', kStop = '.', kPop = '0', kPopMark = '1', kDup = '2', kFloat = 'F', kInt = 'I',
-  kBinInt = 'J', kBinInt1 = 'K', kLong = 'L', kBinInt2 = 'M', kNone = 'N', kPersId = 'P',
-  kBinPersId = 'Q', kReduce = 'R', kString = 'S', kBinString = 'T', kShortBinString = 'U',
-  kUnicode = 'V', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b', kGlobal = 'c', kDict = 'd',
-  kEmptyDict = '}', kAppends = 'e', kGet = 'g', kBinGet = 'h', kInst = 'i', kLongBinGet = 'j',
-  kList = 'l', kEmptyList = ']', kObj = 'o', kPut = 'p', kBinPut = 'q', kLongBinPut = 'r',
-  kSetItem = 's', kTuple = 't', kEmptyTuple = ')', kSetItems = 'u', kBinFloat = 'G',
-  kProto = 0x80, kNewObj = 0x81, kExt1 = 0x82, kExt2 = 0x83, kExt4 = 0x84, kTuple1 = 0x85,
-  kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88, kNewFalse = 0x89, kLong1 = 0x8A, kLong4 = 0x8B,
-  kBinBytes = 'B', kShortBinBytes = 'C',
-  kShortBinUnicode = 0x8C, kBinUnicode8 = 0x8D, kBinBytes8 = 0x8E, kEmptySet = 0x8F, kAddItems = 0x90,
-  kFrozenSet = 0x91, kNewObjEx = 0x92, kStackGlobal = 0x93, kMemoize = 0x94, kFrame = 0x95,
-  kByteArray8 = 0x96, kNextBuffer = 0x97, kReadOnlyBuffer = 0x98,
+  kMark = '(',
+  kStop = '.',
+  kPop = '0',
+  kPopMark = '1',
+  kDup = '2',
+  kFloat = 'F',
+  kInt = 'I',
+  kBinInt = 'J',
+  kBinInt1 = 'K',
+  kLong = 'L',
+  kBinInt2 = 'M',
+  kNone = 'N',
+  kPersId = 'P',
+  kBinPersId = 'Q',
+  kReduce = 'R',
+  kString = 'S',
+  kBinString = 'T',
+  kShortBinString = 'U',
+  kUnicode = 'V',
+  kBinUnicode = 'X',
+  kAppend = 'a',
+  kBuild = 'b',
+  kGlobal = 'c',
+  kDict = 'd',
+  kEmptyDict = '}',
+  kAppends = 'e',
+  kGet = 'g',
+  kBinGet = 'h',
+  kInst = 'i',
+  kLongBinGet = 'j',
+  kList = 'l',
+  kEmptyList = ']',
+  kObj = 'o',
+  kPut = 'p',
+  kBinPut = 'q',
+  kLongBinPut = 'r',
+  kSetItem = 's',
+  kTuple = 't',
+  kEmptyTuple = ')',
+  kSetItems = 'u',
+  kBinFloat = 'G',
+  kProto = 0x80,
+  kNewObj = 0x81,
+  kExt1 = 0x82,
+  kExt2 = 0x83,
+  kExt4 = 0x84,
+  kTuple1 = 0x85,
+  kTuple2 = 0x86,
+  kTuple3 = 0x87,
+  kNewTrue = 0x88,
+  kNewFalse = 0x89,
+  kLong1 = 0x8A,
+  kLong4 = 0x8B,
+  kBinBytes = 'B',
+  kShortBinBytes = 'C',
+  kShortBinUnicode = 0x8C,
+  kBinUnicode8 = 0x8D,
+  kBinBytes8 = 0x8E,
+  kEmptySet = 0x8F,
+  kAddItems = 0x90,
+  kFrozenSet = 0x91,
+  kNewObjEx = 0x92,
+  kStackGlobal = 0x93,
+  kMemoize = 0x94,
+  kFrame = 0x95,
+  kByteArray8 = 0x96,
+  kNextBuffer = 0x97,
+  kReadOnlyBuffer = 0x98,
 };
 
 // "BINUNICODE", or "opcode 0xNN" for bytes that are no opcode.
 std::string op_name(uint8_t op);
 // The protocol that introduced the opcode (0 for unknown bytes).
 uint8_t op_protocol(uint8_t op);
-// Untrusted text for messages: control and non-ASCII bytes escaped, long text cut short.
-std::string printable(std::string_view text);
 
 // Sequential reads over a ByteSource through a refillable window (the whole input for a
 // MemorySource), so that operands never cost a read_at() each. Callers check that the bytes they ask
@@ -95,7 +148,8 @@ class NodeStack {
   NodeId& back() { return items_[size_ - 1]; }
   NodeId& operator[](size_t index) { return items_[index]; }
   void push_back(NodeId id) {
-    if (size_ == items_.size()) [[unlikely]] grow();
+    if (size_ == items_.size()) [[unlikely]]
+      grow();
     items_[size_++] = id;
   }
   void pop_back() { --size_; }
@@ -130,7 +184,7 @@ struct CallSite {
   Op op;
   NodeId callable;  // a GlobalValue node
   GlobalKind kind;
-  NodeId args;      // a TupleValue node
+  NodeId args;  // a TupleValue node
   std::span<const NodeId> argv;
 };
 
@@ -157,7 +211,8 @@ class PickleMachine {
   Status op_readonly_buffer();
   // Makes the next `n` bytes of the current frame (or input) addressable through reader_.data().
   [[gnu::always_inline]] Status need(uint64_t n) {
-    if (n <= end_ - reader_.offset()) [[likely]] return reader_.ensure(static_cast<size_t>(n));
+    if (n <= end_ - reader_.offset()) [[likely]]
+      return reader_.ensure(static_cast<size_t>(n));
     return truncated();
   }
   Status check_available(uint64_t n) { return n <= end_ - reader_.offset() ? Status{} : truncated(); }
@@ -185,7 +240,8 @@ class PickleMachine {
 
   // ---- pickle_vm.cc: nodes, stack, memo ----
   template <typename T>
-  [[gnu::always_inline]] NodeId add(T&& value, uint32_t depth = 0, uint8_t flags = 0, GlobalKind global = GlobalKind::kNone) {
+  [[gnu::always_inline]] NodeId add(T&& value, uint32_t depth = 0, uint8_t flags = 0,
+                                    GlobalKind global = GlobalKind::kNone) {
     auto id = static_cast<NodeId>(tree_.nodes.size());
     tree_.nodes.emplace_back(std::in_place_type<std::decay_t<T>>, std::forward<T>(value));
     set_meta(id, NodeMeta{depth, global, flags});
@@ -193,7 +249,8 @@ class PickleMachine {
   }
   // meta_ runs ahead of the tree in large steps, so that this stays a plain store.
   [[gnu::always_inline]] void set_meta(NodeId id, NodeMeta meta) {
-    if (id >= meta_.size()) [[unlikely]] meta_.resize(std::max<size_t>(2 * meta_.size(), kMinMetaSlots));
+    if (id >= meta_.size()) [[unlikely]]
+      meta_.resize(std::max<size_t>(2 * meta_.size(), kMinMetaSlots));
     meta_[id] = meta;
   }
   // Appends a default T built in place and returns it for filling. For the hot node kinds that hold a
@@ -223,7 +280,8 @@ class PickleMachine {
   template <typename T>
   NodeId singleton(NodeId& cache, T value);
   [[gnu::always_inline]] Status push(NodeId id) {
-    if (stack_.size() >= limits_.max_stack_depth) [[unlikely]] return stack_full();
+    if (stack_.size() >= limits_.max_stack_depth) [[unlikely]]
+      return stack_full();
     stack_.push_back(id);
     return {};
   }
@@ -239,7 +297,8 @@ class PickleMachine {
   // ---- pickle_vm.cc: containers ----
   // Whether `item` may be stored in a list, dict, set, OrderedDict or Namespace (see admit_slow).
   [[gnu::always_inline]] Result<bool> admit(NodeId item) {
-    if (item != kPoison && !(meta_[item].flags & (kNotValue | kHoldsNotValue))) [[likely]] return true;
+    if (item != kPoison && !(meta_[item].flags & (kNotValue | kHoldsNotValue))) [[likely]]
+      return true;
     return admit_slow(item);
   }
   Result<bool> admit_slow(NodeId item);
@@ -287,18 +346,18 @@ class PickleMachine {
   const Limits limits_;  // a copy: one load per check on the hot path
   const PickleParseOptions& options_;
   PickleReader reader_;
-  uint64_t end_;             // where the current frame, or else the input, ends
+  uint64_t end_;  // where the current frame, or else the input, ends
   uint64_t frame_end_ = 0;
   bool in_frame_ = false;
-  uint8_t op_ = 0;           // the opcode being executed and its offset, for errors and findings
+  uint8_t op_ = 0;  // the opcode being executed and its offset, for errors and findings
   uint64_t op_offset_ = 0;
   uint64_t opcode_count_ = 0;
-  int protocol_ = 0;         // from PROTO; 0 until one is seen
+  int protocol_ = 0;  // from PROTO; 0 until one is seen
   bool saw_proto_ = false;
   uint8_t max_op_protocol_ = 0;
 
   ValueTree tree_;
-  std::vector<NodeMeta> meta_;   // indexed by node id; may be longer than tree_.nodes
+  std::vector<NodeMeta> meta_;  // indexed by node id; may be longer than tree_.nodes
   NodeStack stack_;
   std::vector<size_t> marks_;  // stack sizes at each open MARK
   // The memo: indices near the number of entries live in a vector, others in a hash map, so memory
@@ -310,13 +369,13 @@ class PickleMachine {
   // without one, every node is reachable and the final sweep is skipped.
   bool discarded_ = false;
   NodeId none_ = kNoNode, true_ = kNoNode, false_ = kNoNode, empty_tuple_ = kNoNode;
-  std::unordered_map<std::string, NodeId> global_nodes_;     // allowed globals, one node each
+  std::unordered_map<std::string, NodeId> global_nodes_;  // allowed globals, one node each
   std::unordered_set<std::string> globals_seen_keys_;
-  std::unordered_map<std::string, NodeId> storages_;         // storage key -> StorageRefValue node
+  std::unordered_map<std::string, NodeId> storages_;  // storage key -> StorageRefValue node
   uint64_t tensor_count_ = 0;
   KeyOps keys_;
-  std::unordered_map<NodeId, KeyIndex> key_indexes_;         // large dicts, OrderedDicts and sets
-  uint64_t key_lookups_ = 0;                                 // indexed lookups, and the slots they examined
+  std::unordered_map<NodeId, KeyIndex> key_indexes_;  // large dicts, OrderedDicts and sets
+  uint64_t key_lookups_ = 0;                          // indexed lookups, and the slots they examined
   uint64_t key_probe_steps_ = 0;
   std::vector<Finding> findings_;
   std::vector<GlobalName> globals_seen_;

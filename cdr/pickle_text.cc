@@ -9,7 +9,7 @@ namespace zoogate::cdr {
 namespace {
 
 constexpr uint32_t kMaxCodePoint = 0x10FFFF;
-constexpr uint64_t kDecimalChunkDigits = 9;       // decimal digits folded into the binary number at once
+constexpr uint64_t kDecimalChunkDigits = 9;  // decimal digits folded into the binary number at once
 constexpr uint64_t kDecimalChunkBase = 1'000'000'000;
 
 Result<std::string> bad(std::string reason) { return fail(ErrorCode::kParse, std::move(reason)); }
@@ -170,17 +170,38 @@ Result<std::string> decode_string_repr(std::string_view quoted) {
     if (++i == text.size()) return bad("trailing backslash");
     c = text[i];
     switch (c) {
-      case '\n': break;  // line continuation
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'v': out.push_back('\v'); break;
+      case '\n':
+        break;  // line continuation
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
       case 'x': {
         int high = i + 1 < text.size() ? hex_digit(text[i + 1]) : -1;
         int low = i + 2 < text.size() ? hex_digit(text[i + 2]) : -1;
@@ -268,8 +289,8 @@ std::optional<IntValue> exact_int_of_double(double value) {
   for (int bit = 0; bit <= kMantissaBits; ++bit) {
     if ((mantissa >> bit) & 1) {
       int position = bit + shift;
-      magnitude[static_cast<size_t>(position / 8)] =
-          static_cast<char>(static_cast<uint8_t>(magnitude[static_cast<size_t>(position / 8)]) | (1u << (position % 8)));
+      magnitude[static_cast<size_t>(position / 8)] = static_cast<char>(
+          static_cast<uint8_t>(magnitude[static_cast<size_t>(position / 8)]) | (1u << (position % 8)));
     }
   }
   return int_from_magnitude(std::move(magnitude), value < 0);

@@ -2,14 +2,15 @@
 // final tree. Allowlisted calls, BUILD and persistent ids live in pickle_calls.cc.
 #include "cdr/pickle_vm.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
 #include <charconv>
 #include <cstring>
 
-#include <sys/mman.h>
-
+#include "cdr/message_text.h"
 #include "cdr/pickle_machine.h"
 #include "cdr/pickle_text.h"
 
@@ -17,61 +18,107 @@ namespace zoogate::cdr {
 namespace {
 
 constexpr uint8_t kHighestProtocol = 5;
-constexpr size_t kReadChunk = 64 * 1024;          // window refill size for non-memory sources
-constexpr size_t kLineChunk = 4 * 1024;           // minimum window growth while scanning a text line
-constexpr uint64_t kDenseMemoSlack = 1024;        // memo indices this far past 2x the entries stay dense
-constexpr uint32_t kKeyIndexThreshold = 8;        // containers this small are searched linearly
-constexpr uint64_t kProbeStepsPerLookup = 32;     // key index work allowed per lookup, on average...
-constexpr uint64_t kProbeStepsSlack = 1 << 20;    // ...plus this much, before the input counts as flooding
+constexpr size_t kReadChunk = 64 * 1024;        // window refill size for non-memory sources
+constexpr size_t kLineChunk = 4 * 1024;         // minimum window growth while scanning a text line
+constexpr uint64_t kDenseMemoSlack = 1024;      // memo indices this far past 2x the entries stay dense
+constexpr uint32_t kKeyIndexThreshold = 8;      // containers this small are searched linearly
+constexpr uint64_t kProbeStepsPerLookup = 32;   // key index work allowed per lookup, on average...
+constexpr uint64_t kProbeStepsSlack = 1 << 20;  // ...plus this much, before the input counts as flooding
 // The tree is pre-sized from the input size (small-object pickles run one node per 3 to 12 bytes),
 // so that they do not pay for regrowth, which moves every node; reserved pages that are never touched
 // cost no memory. Beyond the cap the tree grows as usual.
 constexpr uint64_t kBytesPerNodeEstimate = 3;
 constexpr size_t kMaxReservedNodes = size_t{4} << 20;
 constexpr uintptr_t kHugePageSize = uintptr_t{2} << 20;
-constexpr size_t kMaxFindings = 10'000;           // more disarmed constructs than this: refuse the file
+constexpr size_t kMaxFindings = 10'000;  // more disarmed constructs than this: refuse the file
 
 struct OpInfo {
-  const char* name = nullptr;
-  uint8_t protocol = 0;
+  Op op;
+  const char* name;
+  uint8_t protocol;  // the protocol that introduced the opcode
 };
 
-constexpr std::array<OpInfo, 256> make_op_table() {
-  std::array<OpInfo, 256> table{};
-  auto set = [&table](Op op, const char* name, uint8_t protocol) {
-    table[static_cast<uint8_t>(op)] = OpInfo{name, protocol};
-  };
-  set(Op::kMark, "MARK", 0), set(Op::kStop, "STOP", 0), set(Op::kPop, "POP", 0), set(Op::kDup, "DUP", 0);
-  set(Op::kFloat, "FLOAT", 0), set(Op::kInt, "INT", 0), set(Op::kLong, "LONG", 0), set(Op::kNone, "NONE", 0);
-  set(Op::kPersId, "PERSID", 0), set(Op::kReduce, "REDUCE", 0), set(Op::kString, "STRING", 0);
-  set(Op::kUnicode, "UNICODE", 0), set(Op::kAppend, "APPEND", 0), set(Op::kBuild, "BUILD", 0);
-  set(Op::kGlobal, "GLOBAL", 0), set(Op::kDict, "DICT", 0), set(Op::kGet, "GET", 0), set(Op::kInst, "INST", 0);
-  set(Op::kList, "LIST", 0), set(Op::kPut, "PUT", 0), set(Op::kSetItem, "SETITEM", 0), set(Op::kTuple, "TUPLE", 0);
-  set(Op::kPopMark, "POP_MARK", 1), set(Op::kBinFloat, "BINFLOAT", 1), set(Op::kBinInt, "BININT", 1);
-  set(Op::kBinInt1, "BININT1", 1), set(Op::kBinInt2, "BININT2", 1), set(Op::kBinString, "BINSTRING", 1);
-  set(Op::kShortBinString, "SHORT_BINSTRING", 1), set(Op::kBinUnicode, "BINUNICODE", 1);
-  set(Op::kBinPersId, "BINPERSID", 1), set(Op::kAppends, "APPENDS", 1), set(Op::kBinGet, "BINGET", 1);
-  set(Op::kLongBinGet, "LONG_BINGET", 1), set(Op::kEmptyDict, "EMPTY_DICT", 1);
-  set(Op::kEmptyList, "EMPTY_LIST", 1), set(Op::kEmptyTuple, "EMPTY_TUPLE", 1), set(Op::kSetItems, "SETITEMS", 1);
-  set(Op::kBinPut, "BINPUT", 1), set(Op::kLongBinPut, "LONG_BINPUT", 1), set(Op::kObj, "OBJ", 1);
-  set(Op::kProto, "PROTO", 2), set(Op::kNewObj, "NEWOBJ", 2), set(Op::kExt1, "EXT1", 2), set(Op::kExt2, "EXT2", 2);
-  set(Op::kExt4, "EXT4", 2), set(Op::kTuple1, "TUPLE1", 2), set(Op::kTuple2, "TUPLE2", 2), set(Op::kTuple3, "TUPLE3", 2);
-  set(Op::kNewTrue, "NEWTRUE", 2), set(Op::kNewFalse, "NEWFALSE", 2), set(Op::kLong1, "LONG1", 2);
-  set(Op::kLong4, "LONG4", 2), set(Op::kBinBytes, "BINBYTES", 3), set(Op::kShortBinBytes, "SHORT_BINBYTES", 3);
-  set(Op::kShortBinUnicode, "SHORT_BINUNICODE", 4), set(Op::kBinUnicode8, "BINUNICODE8", 4);
-  set(Op::kBinBytes8, "BINBYTES8", 4), set(Op::kEmptySet, "EMPTY_SET", 4), set(Op::kAddItems, "ADDITEMS", 4);
-  set(Op::kFrozenSet, "FROZENSET", 4), set(Op::kNewObjEx, "NEWOBJ_EX", 4), set(Op::kStackGlobal, "STACK_GLOBAL", 4);
-  set(Op::kMemoize, "MEMOIZE", 4), set(Op::kFrame, "FRAME", 4), set(Op::kByteArray8, "BYTEARRAY8", 5);
-  set(Op::kNextBuffer, "NEXT_BUFFER", 5), set(Op::kReadOnlyBuffer, "READONLY_BUFFER", 5);
-  return table;
-}
+constexpr OpInfo kOps[] = {
+    {Op::kMark, "MARK", 0},
+    {Op::kStop, "STOP", 0},
+    {Op::kPop, "POP", 0},
+    {Op::kDup, "DUP", 0},
+    {Op::kFloat, "FLOAT", 0},
+    {Op::kInt, "INT", 0},
+    {Op::kLong, "LONG", 0},
+    {Op::kNone, "NONE", 0},
+    {Op::kPersId, "PERSID", 0},
+    {Op::kReduce, "REDUCE", 0},
+    {Op::kString, "STRING", 0},
+    {Op::kUnicode, "UNICODE", 0},
+    {Op::kAppend, "APPEND", 0},
+    {Op::kBuild, "BUILD", 0},
+    {Op::kGlobal, "GLOBAL", 0},
+    {Op::kDict, "DICT", 0},
+    {Op::kGet, "GET", 0},
+    {Op::kInst, "INST", 0},
+    {Op::kList, "LIST", 0},
+    {Op::kPut, "PUT", 0},
+    {Op::kSetItem, "SETITEM", 0},
+    {Op::kTuple, "TUPLE", 0},
+    {Op::kPopMark, "POP_MARK", 1},
+    {Op::kBinFloat, "BINFLOAT", 1},
+    {Op::kBinInt, "BININT", 1},
+    {Op::kBinInt1, "BININT1", 1},
+    {Op::kBinInt2, "BININT2", 1},
+    {Op::kBinString, "BINSTRING", 1},
+    {Op::kShortBinString, "SHORT_BINSTRING", 1},
+    {Op::kBinUnicode, "BINUNICODE", 1},
+    {Op::kBinPersId, "BINPERSID", 1},
+    {Op::kAppends, "APPENDS", 1},
+    {Op::kBinGet, "BINGET", 1},
+    {Op::kLongBinGet, "LONG_BINGET", 1},
+    {Op::kEmptyDict, "EMPTY_DICT", 1},
+    {Op::kEmptyList, "EMPTY_LIST", 1},
+    {Op::kEmptyTuple, "EMPTY_TUPLE", 1},
+    {Op::kSetItems, "SETITEMS", 1},
+    {Op::kBinPut, "BINPUT", 1},
+    {Op::kLongBinPut, "LONG_BINPUT", 1},
+    {Op::kObj, "OBJ", 1},
+    {Op::kProto, "PROTO", 2},
+    {Op::kNewObj, "NEWOBJ", 2},
+    {Op::kExt1, "EXT1", 2},
+    {Op::kExt2, "EXT2", 2},
+    {Op::kExt4, "EXT4", 2},
+    {Op::kTuple1, "TUPLE1", 2},
+    {Op::kTuple2, "TUPLE2", 2},
+    {Op::kTuple3, "TUPLE3", 2},
+    {Op::kNewTrue, "NEWTRUE", 2},
+    {Op::kNewFalse, "NEWFALSE", 2},
+    {Op::kLong1, "LONG1", 2},
+    {Op::kLong4, "LONG4", 2},
+    {Op::kBinBytes, "BINBYTES", 3},
+    {Op::kShortBinBytes, "SHORT_BINBYTES", 3},
+    {Op::kShortBinUnicode, "SHORT_BINUNICODE", 4},
+    {Op::kBinUnicode8, "BINUNICODE8", 4},
+    {Op::kBinBytes8, "BINBYTES8", 4},
+    {Op::kEmptySet, "EMPTY_SET", 4},
+    {Op::kAddItems, "ADDITEMS", 4},
+    {Op::kFrozenSet, "FROZENSET", 4},
+    {Op::kNewObjEx, "NEWOBJ_EX", 4},
+    {Op::kStackGlobal, "STACK_GLOBAL", 4},
+    {Op::kMemoize, "MEMOIZE", 4},
+    {Op::kFrame, "FRAME", 4},
+    {Op::kByteArray8, "BYTEARRAY8", 5},
+    {Op::kNextBuffer, "NEXT_BUFFER", 5},
+    {Op::kReadOnlyBuffer, "READONLY_BUFFER", 5},
+};
 
-constexpr std::array<OpInfo, 256> kOpTable = make_op_table();
-
-// The protocol column alone, a quarter of a cache line per 16 opcodes, for the per-opcode lookup.
+// By opcode byte: the name (nullptr for bytes that are no opcode), and separately the protocol, which
+// the loop reads for every opcode.
+constexpr std::array<const char*, 256> kOpNames = [] {
+  std::array<const char*, 256> names{};
+  for (const OpInfo& info : kOps) names[static_cast<uint8_t>(info.op)] = info.name;
+  return names;
+}();
 constexpr std::array<uint8_t, 256> kOpProtocols = [] {
   std::array<uint8_t, 256> protocols{};
-  for (size_t op = 0; op < protocols.size(); ++op) protocols[op] = kOpTable[op].protocol;
+  for (const OpInfo& info : kOps) protocols[static_cast<uint8_t>(info.op)] = info.protocol;
   return protocols;
 }();
 
@@ -88,30 +135,12 @@ void advise_huge_pages(const void* data, size_t bytes) {
 }  // namespace
 
 std::string op_name(uint8_t op) {
-  if (const char* name = kOpTable[op].name) return name;
+  if (const char* name = kOpNames[op]) return name;
   static constexpr char kHex[] = "0123456789abcdef";
   return std::string("opcode 0x") + kHex[op >> 4] + kHex[op & 0xF];
 }
 
 uint8_t op_protocol(uint8_t op) { return kOpProtocols[op]; }
-
-std::string printable(std::string_view text) {
-  constexpr size_t kMaxShown = 200;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < text.size() && i < kMaxShown; ++i) {
-    auto c = static_cast<uint8_t>(text[i]);
-    if (c >= 0x20 && c < 0x7F) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
-    }
-  }
-  if (text.size() > kMaxShown) out += "...";
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // PickleReader
@@ -163,8 +192,8 @@ tl::unexpected<Error> PickleMachine::op_error(ErrorCode code, std::string reason
 }
 
 tl::unexpected<Error> PickleMachine::limit_error(std::string_view limit, uint64_t value, uint64_t maximum) const {
-  return op_error(ErrorCode::kLimitExceeded, std::to_string(value) + " exceeds " + std::string(limit) + " (" +
-                                                 std::to_string(maximum) + ")");
+  return op_error(ErrorCode::kLimitExceeded,
+                  std::to_string(value) + " exceeds " + std::string(limit) + " (" + std::to_string(maximum) + ")");
 }
 
 Result<NodeId> PickleMachine::forbid(FindingKind kind, std::string construct, std::string reason) {
@@ -173,7 +202,8 @@ Result<NodeId> PickleMachine::forbid(FindingKind kind, std::string construct, st
   if (action == Action::kBlock) {
     return fail(ErrorCode::kForbidden, std::string(to_string(kind)) + ": " + construct + ": " + reason, op_offset_);
   }
-  if (findings_.size() >= kMaxFindings) return limit_error("the number of findings", findings_.size() + 1, kMaxFindings);
+  if (findings_.size() >= kMaxFindings)
+    return limit_error("the number of findings", findings_.size() + 1, kMaxFindings);
   findings_.push_back(Finding{kind, action, options_.record_name, op_offset_, std::move(construct), std::move(reason)});
   return kPoison;
 }
@@ -198,7 +228,8 @@ std::string PickleMachine::describe(NodeId id) const {
         if constexpr (std::is_same_v<T, StorageRefValue>) return "storage reference";
         if constexpr (std::is_same_v<T, TensorValue>) return "tensor";
         if constexpr (std::is_same_v<T, ParameterValue>) return "parameter";
-        if constexpr (std::is_same_v<T, GlobalValue>) return "global " + printable(node.module + "." + node.name);
+        if constexpr (std::is_same_v<T, GlobalValue>)
+          return "global " + escape_for_message(node.module + "." + node.name);
         if constexpr (std::is_same_v<T, TorchSizeValue>) return "torch.Size";
         if constexpr (std::is_same_v<T, NumpyDtypeValue>) return "numpy dtype";
         if constexpr (std::is_same_v<T, NumpyArrayValue>) return "numpy array";
@@ -247,9 +278,10 @@ Result<std::string_view> PickleMachine::read_line() {
   ZG_TRY(need(1));
   uint64_t available = end_ - reader_.offset();
   uint64_t longest = limits_.max_string_length;
+  uint64_t scan_limit = longest == UINT64_MAX ? longest : longest + 1;  // one byte past the longest line
   size_t scanned = 0;
   for (;;) {
-    size_t window = static_cast<size_t>(std::min<uint64_t>({reader_.buffered(), available, longest + 1}));
+    size_t window = static_cast<size_t>(std::min<uint64_t>({reader_.buffered(), available, scan_limit}));
     const uint8_t* start = reader_.data();
     if (const void* newline = std::memchr(start + scanned, '\n', window - scanned)) {
       size_t length = static_cast<size_t>(static_cast<const uint8_t*>(newline) - start);
@@ -259,10 +291,12 @@ Result<std::string_view> PickleMachine::read_line() {
     scanned = window;
     if (scanned > longest) return limit_error("max_string_length", scanned, longest);
     if (scanned == available) {
-      if (in_frame_) return parse_error("text line runs past the end of the FRAME at offset " + std::to_string(frame_end_));
+      if (in_frame_)
+        return parse_error("text line runs past the end of the FRAME at offset " + std::to_string(frame_end_));
       return parse_error("text line is not terminated before the end of the input");
     }
-    ZG_TRY(reader_.ensure(static_cast<size_t>(std::min<uint64_t>(available, std::max(2 * window, window + kLineChunk)))));
+    ZG_TRY(
+        reader_.ensure(static_cast<size_t>(std::min<uint64_t>(available, std::max(2 * window, window + kLineChunk)))));
   }
 }
 
@@ -454,7 +488,8 @@ Result<std::optional<uint32_t>> PickleMachine::find_key(NodeId owner, uint32_t c
   if (created) {
     for (uint32_t position = 0; position < count; ++position) {
       NodeId existing = key_at(tree_.nodes[owner], position);
-      index.find_or_insert(*keys_.hash(existing), position, [](uint32_t) { return false; }, key_probe_steps_);
+      index.find_or_insert(
+          *keys_.hash(existing), position, [](uint32_t) { return false; }, key_probe_steps_);
       ++key_lookups_;
     }
   }
@@ -472,7 +507,8 @@ Status PickleMachine::dict_set(NodeId dict, NodeId key, NodeId value) {
   ZG_ASSIGN_OR_RETURN(bool allowed, key_allowed(key, hash));
   if (!allowed) return {};
   auto& items = *dict_items(tree_.nodes[dict]);
-  ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position, find_key(dict, static_cast<uint32_t>(items.size()), key, *hash));
+  ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position,
+                      find_key(dict, static_cast<uint32_t>(items.size()), key, *hash));
   if (position) {
     items[*position].second = value;  // Python keeps the first key object and takes the last value
     discarded_ = true;
@@ -488,7 +524,8 @@ Status PickleMachine::set_add(NodeId set, NodeId item) {
   ZG_ASSIGN_OR_RETURN(bool allowed, key_allowed(item, hash));
   if (!allowed) return {};
   auto& items = std::get<SetValue>(tree_.nodes[set]).items;
-  ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position, find_key(set, static_cast<uint32_t>(items.size()), item, *hash));
+  ZG_ASSIGN_OR_RETURN(std::optional<uint32_t> position,
+                      find_key(set, static_cast<uint32_t>(items.size()), item, *hash));
   if (position) {
     discarded_ = true;  // the first one stays
     return {};
@@ -546,7 +583,9 @@ Status PickleMachine::mutate(size_t slot, std::span<const NodeId> items) {
     accepted = set && !set->frozen;
     if (accepted) return add_items(target, items);
   }
-  const char* accepts = op == Op::kAddItems ? "sets" : (op == Op::kAppend || op == Op::kAppends) ? "lists" : "dicts and OrderedDicts";
+  const char* accepts = op == Op::kAddItems                         ? "sets"
+                        : (op == Op::kAppend || op == Op::kAppends) ? "lists"
+                                                                    : "dicts and OrderedDicts";
   ZG_ASSIGN_OR_RETURN(stack_[slot], forbid(FindingKind::kForbiddenBuild, op_name(op_) + " on " + describe(target),
                                            std::string("only ") + accepts + " accept it"));
   return {};
@@ -582,7 +621,8 @@ Result<PickleParse> PickleMachine::run() {
     reader_.skip(1);
     if (++opcode_count_ > limits_.max_opcodes) return limit_error("max_opcodes", opcode_count_, limits_.max_opcodes);
     // Each opcode adds at most a few nodes, so this keeps ids below the sentinels.
-    if (tree_.nodes.size() >= kMaxNodes) return limit_error("the value tree's node count", tree_.nodes.size(), kMaxNodes);
+    if (tree_.nodes.size() >= kMaxNodes)
+      return limit_error("the value tree's node count", tree_.nodes.size(), kMaxNodes);
     if (!saw_proto_) max_op_protocol_ = std::max(max_op_protocol_, op_protocol(op_));
     if (op_ == static_cast<uint8_t>(Op::kStop)) return finish();
     ZG_TRY(execute(op_));
@@ -614,12 +654,15 @@ Status PickleMachine::execute(uint8_t op) {
       return {};
     }
     case Op::kDup: {
-      ZG_ASSIGN_OR_RETURN(NodeId* item, top());
+      ZG_ASSIGN_OR_RETURN(NodeId * item, top());
       return push(*item);
     }
-    case Op::kNone: return push(singleton(none_, NoneValue{}));
-    case Op::kNewTrue: return push(singleton(true_, true));
-    case Op::kNewFalse: return push(singleton(false_, false));
+    case Op::kNone:
+      return push(singleton(none_, NoneValue{}));
+    case Op::kNewTrue:
+      return push(singleton(true_, true));
+    case Op::kNewFalse:
+      return push(singleton(false_, false));
     case Op::kBinInt: {
       ZG_ASSIGN_OR_RETURN(uint64_t raw, read_uint(4));
       NodeId id = kNoNode;
@@ -640,10 +683,14 @@ Status PickleMachine::execute(uint8_t op) {
       reader_.skip(sizeof(double));
       return push(add(FloatValue{std::bit_cast<double>(raw)}));
     }
-    case Op::kEmptyTuple: return push(singleton(empty_tuple_, TupleValue{}));
-    case Op::kEmptyList: return push(add(ListValue{}));
-    case Op::kEmptyDict: return push(add(DictValue{}));
-    case Op::kEmptySet: return push(add(SetValue{}));
+    case Op::kEmptyTuple:
+      return push(singleton(empty_tuple_, TupleValue{}));
+    case Op::kEmptyList:
+      return push(add(ListValue{}));
+    case Op::kEmptyDict:
+      return push(add(DictValue{}));
+    case Op::kEmptySet:
+      return push(add(SetValue{}));
     case Op::kTuple1:
     case Op::kTuple2:
     case Op::kTuple3: {
@@ -660,7 +707,8 @@ Status PickleMachine::execute(uint8_t op) {
       ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinPut) ? 1 : 4));
       return memo_put(index);
     }
-    case Op::kMemoize: return memo_put(memo_entries_);
+    case Op::kMemoize:
+      return memo_put(memo_entries_);
     case Op::kBinGet:
     case Op::kLongBinGet: {
       ZG_ASSIGN_OR_RETURN(uint64_t index, read_uint(op == static_cast<uint8_t>(Op::kBinGet) ? 1 : 4));
@@ -674,7 +722,8 @@ Status PickleMachine::execute(uint8_t op) {
       saw_proto_ = true;
       return {};
     }
-    case Op::kFrame: return enter_frame();
+    case Op::kFrame:
+      return enter_frame();
     case Op::kInt:
     case Op::kLong:
     case Op::kFloat:
@@ -717,18 +766,21 @@ Status PickleMachine::execute(uint8_t op) {
     case Op::kNewObj:
     case Op::kNewObjEx:
       return op_call(op);
-    case Op::kBuild: return build();
+    case Op::kBuild:
+      return build();
     case Op::kPersId:
     case Op::kBinPersId:
       return op_persistent_id(op);
-    case Op::kReadOnlyBuffer: return op_readonly_buffer();
+    case Op::kReadOnlyBuffer:
+      return op_readonly_buffer();
     case Op::kExt1:
     case Op::kExt2:
     case Op::kExt4:
       return op_error(ErrorCode::kUnsupported, "the extension registry (copyreg codes) is never consulted");
     case Op::kNextBuffer:
       return op_error(ErrorCode::kUnsupported, "out-of-band buffers are not accepted");
-    case Op::kStop: break;  // run() handles STOP before dispatching
+    case Op::kStop:
+      break;  // run() handles STOP before dispatching
   }
   return parse_error("unknown opcode");
 }
@@ -795,12 +847,16 @@ Status PickleMachine::op_string(uint8_t op) {
     case Op::kShortBinUnicode:
     case Op::kBinUnicode:
     case Op::kBinUnicode8: {
-      size_t width = op == static_cast<uint8_t>(Op::kShortBinUnicode) ? 1 : op == static_cast<uint8_t>(Op::kBinUnicode) ? 4 : 8;
+      size_t width = op == static_cast<uint8_t>(Op::kShortBinUnicode) ? 1
+                     : op == static_cast<uint8_t>(Op::kBinUnicode)    ? 4
+                                                                      : 8;
       ZG_ASSIGN_OR_RETURN(uint64_t length, read_length(width, false));
       return push_operand(length, true, false);
     }
     default: {  // SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
-      size_t width = op == static_cast<uint8_t>(Op::kShortBinBytes) ? 1 : op == static_cast<uint8_t>(Op::kBinBytes) ? 4 : 8;
+      size_t width = op == static_cast<uint8_t>(Op::kShortBinBytes) ? 1
+                     : op == static_cast<uint8_t>(Op::kBinBytes)    ? 4
+                                                                    : 8;
       ZG_ASSIGN_OR_RETURN(uint64_t length, read_length(width, false));
       return push_operand(length, false, op == static_cast<uint8_t>(Op::kByteArray8));
     }
@@ -943,7 +999,7 @@ Status PickleMachine::op_global(uint8_t op) {
 Status PickleMachine::op_call(uint8_t op) {
   if (op == static_cast<uint8_t>(Op::kReduce)) {
     ZG_ASSIGN_OR_RETURN(NodeId args, pop());
-    ZG_ASSIGN_OR_RETURN(NodeId* callable, top());
+    ZG_ASSIGN_OR_RETURN(NodeId * callable, top());
     ZG_ASSIGN_OR_RETURN(NodeId made, call(Op::kReduce, *callable, args));
     stack_.back() = made;
     return {};
@@ -980,7 +1036,7 @@ Status PickleMachine::op_persistent_id(uint8_t op) {
 }
 
 Status PickleMachine::op_readonly_buffer() {
-  ZG_ASSIGN_OR_RETURN(NodeId* item, top());
+  ZG_ASSIGN_OR_RETURN(NodeId * item, top());
   if (*item == kPoison) return {};
   const auto* bytes = get<BytesValue>(*item);
   if (!bytes) return parse_error("needs bytes or a bytearray on the stack");

@@ -2,14 +2,14 @@
 // limit and allowlist entry, and real pickles made by Debian's Python (torch 1.13, numpy 1.24).
 #include "cdr/pickle_vm.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <set>
 #include <sstream>
-
-#include <gtest/gtest.h>
 
 #include "cdr/pickle_machine.h"
 #include "common/encoding.h"
@@ -34,6 +34,10 @@ class P {
   }
   P& raw(std::string_view text) {
     out_.insert(out_.end(), text.begin(), text.end());
+    return *this;
+  }
+  P& append(const P& other) {
+    out_.insert(out_.end(), other.out_.begin(), other.out_.end());
     return *this;
   }
   P& proto(uint8_t version) { return op(Op::kProto).byte(version); }
@@ -244,7 +248,8 @@ class Renderer {
   std::string render(const NumpyDtypeValue& value) { return "dtype('" + value.descr + "')"; }
   std::string render(const NumpyArrayValue& value) {
     return "ndarray(" + node(value.dtype) + ", " + ints_text(value.shape) + ", " + (value.fortran_order ? "F" : "C") +
-           ", " + to_hex(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(value.data.data()), value.data.size())) +
+           ", " +
+           to_hex(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(value.data.data()), value.data.size())) +
            ")";
   }
   std::string render(const NumpyScalarValue& value) {
@@ -321,11 +326,14 @@ TEST(PickleVmOpcodes, Scalars) {
 }
 
 TEST(PickleVmOpcodes, StringsAndBytes) {
-  EXPECT_EQ(outcome("S'a\\n\\x41\\101\\'b'\n."), "'a\\x0a" "AA\\x27" "b'");
+  EXPECT_EQ(outcome("S'a\\n\\x41\\101\\'b'\n."),
+            "'a\\x0a"
+            "AA\\x27"
+            "b'");
   EXPECT_EQ(outcome("S\"q\"\n."), "'q'");
   EXPECT_EQ(outcome(P().op(Op::kBinString).le(2, 4).raw("ab").stop()), "'ab'");
   EXPECT_EQ(outcome("U\x02\xc3\xa9."), "'\\xc3\\xa9'");  // UTF-8 Python 2 text stays text
-  EXPECT_EQ(outcome("U\x01\xff."), "b'\\xff'");           // anything else is bytes
+  EXPECT_EQ(outcome("U\x01\xff."), "b'\\xff'");          // anything else is bytes
   EXPECT_EQ(outcome("Vx\\u20ac\\\\u0041\n."), "'x\\xe2\\x82\\xac\\x5c\\x5cu0041'");
   EXPECT_EQ(outcome("V\\ud800\n."), "'\\xed\\xa0\\x80'");  // lone surrogate, surrogatepass
   EXPECT_EQ(outcome(P().s("abc").stop()), "'abc'");
@@ -348,10 +356,16 @@ TEST(PickleVmOpcodes, Containers) {
   EXPECT_EQ(outcome("K\x01K\x02K\x03\x87."), "(1, 2, 3)");
   EXPECT_EQ(outcome("]."), "[]");
   EXPECT_EQ(outcome("(K\x01K\x02l."), "[1, 2]");
-  EXPECT_EQ(outcome("]K\x01" "a."), "[1]");
-  EXPECT_EQ(outcome("](K\x01K\x02" "e."), "[1, 2]");
+  EXPECT_EQ(outcome("]K\x01"
+                    "a."),
+            "[1]");
+  EXPECT_EQ(outcome("](K\x01K\x02"
+                    "e."),
+            "[1, 2]");
   EXPECT_EQ(outcome("}."), "{}");
-  EXPECT_EQ(outcome("(K\x01K\x02" "d."), "{1: 2}");
+  EXPECT_EQ(outcome("(K\x01K\x02"
+                    "d."),
+            "{1: 2}");
   EXPECT_EQ(outcome("}K\x01K\x02s."), "{1: 2}");
   EXPECT_EQ(outcome("}(K\x01K\x02K\x03K\x04u."), "{1: 2, 3: 4}");
   EXPECT_EQ(outcome("\x8f."), "set{}");
@@ -360,10 +374,14 @@ TEST(PickleVmOpcodes, Containers) {
 }
 
 TEST(PickleVmOpcodes, StackAndMark) {
-  EXPECT_EQ(outcome("K\x01K\x02" "0."), "1");                // POP
-  EXPECT_EQ(outcome("K\x01(K\x02K\x03" "1."), "1");          // POP_MARK
-  EXPECT_EQ(outcome("K\x01(0."), "1");                    // POP on an empty mark frame drops the MARK
-  auto dup = parse(bytes_of("]2\x86."));                  // DUP keeps identity
+  EXPECT_EQ(outcome("K\x01K\x02"
+                    "0."),
+            "1");  // POP
+  EXPECT_EQ(outcome("K\x01(K\x02K\x03"
+                    "1."),
+            "1");                         // POP_MARK
+  EXPECT_EQ(outcome("K\x01(0."), "1");    // POP on an empty mark frame drops the MARK
+  auto dup = parse(bytes_of("]2\x86."));  // DUP keeps identity
   ASSERT_TRUE(dup) << dup.error().describe();
   const auto& pair = std::get<TupleValue>(dup->tree.at(dup->tree.root)).items;
   EXPECT_EQ(pair[0], pair[1]);
@@ -371,8 +389,12 @@ TEST(PickleVmOpcodes, StackAndMark) {
 
 TEST(PickleVmOpcodes, MemoOpcodesShareNodes) {
   EXPECT_EQ(outcome("K\x07p3\n0g3\n."), "7");
-  EXPECT_EQ(outcome("K\x07q\x03" "0h\x03."), "7");
-  EXPECT_EQ(outcome("K\x07r\x00\x01\x00\x00" "0j\x00\x01\x00\x00."), "7");
+  EXPECT_EQ(outcome("K\x07q\x03"
+                    "0h\x03."),
+            "7");
+  EXPECT_EQ(outcome("K\x07r\x00\x01\x00\x00"
+                    "0j\x00\x01\x00\x00."),
+            "7");
   // MEMOIZE uses the number of memo entries, not the highest index.
   EXPECT_EQ(outcome("K\x07q\x05K\x08\x94h\x01."), "8");
   auto shared = parse(bytes_of("]\x94h\x00h\x00\x86."));
@@ -384,14 +406,24 @@ TEST(PickleVmOpcodes, MemoOpcodesShareNodes) {
 
 TEST(PickleVmOpcodes, CyclesThroughTheMemo) {
   // l = []; l.append(l)
-  auto cyclic = parse(bytes_of("]q\x00h\x00" "a."));
+  auto cyclic =
+      parse(bytes_of("]q\x00h\x00"
+                     "a."));
   ASSERT_TRUE(cyclic) << cyclic.error().describe();
   const auto& list = std::get<ListValue>(cyclic->tree.at(cyclic->tree.root));
   ASSERT_EQ(list.items.size(), 1u);
   EXPECT_EQ(list.items[0], cyclic->tree.root);
   // d = {}; d['self'] = [d]
-  auto through_dict = parse(P().op(Op::kEmptyDict).op(Op::kBinPut).byte(0).s("self").mark().op(Op::kBinGet).byte(0)
-                                .op(Op::kList).op(Op::kSetItem).stop());
+  auto through_dict = parse(P().op(Op::kEmptyDict)
+                                .op(Op::kBinPut)
+                                .byte(0)
+                                .s("self")
+                                .mark()
+                                .op(Op::kBinGet)
+                                .byte(0)
+                                .op(Op::kList)
+                                .op(Op::kSetItem)
+                                .stop());
   ASSERT_TRUE(through_dict) << through_dict.error().describe();
   EXPECT_EQ(render(*through_dict), "{'self': [<cycle>]}");
 }
@@ -417,16 +449,24 @@ TEST(PickleVmOpcodes, GlobalsInstObjAndNewObjEx) {
   EXPECT_EQ(outcome("ctorch\nfloat16\n."), "torch.float16");
   EXPECT_EQ(outcome(P().proto(4).s("torch").s("bfloat16").op(Op::kStackGlobal).stop()), "torch.bfloat16");
   // STACK_GLOBAL operands may come from the memo.
-  EXPECT_EQ(outcome(P().proto(4).s("torch").op(Op::kMemoize).s("Size").op(Op::kStackGlobal).op(Op::kPop)
-                        .op(Op::kBinGet).byte(0).s("Tensor").op(Op::kStackGlobal).stop()),
+  EXPECT_EQ(outcome(P().proto(4)
+                        .s("torch")
+                        .op(Op::kMemoize)
+                        .s("Size")
+                        .op(Op::kStackGlobal)
+                        .op(Op::kPop)
+                        .op(Op::kBinGet)
+                        .byte(0)
+                        .s("Tensor")
+                        .op(Op::kStackGlobal)
+                        .stop()),
             "torch.Tensor");
   EXPECT_EQ(outcome("(icollections\nOrderedDict\n."), "OrderedDict{}");
   EXPECT_EQ(outcome("(ccollections\nOrderedDict\no."), "OrderedDict{}");
-  EXPECT_EQ(outcome(P().proto(4).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kEmptyDict)
-                        .op(Op::kNewObjEx).stop()),
-            "Namespace{}");
-  EXPECT_EQ(outcome(P().proto(2).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).stop()),
-            "Namespace{}");
+  EXPECT_EQ(
+      outcome(P().proto(4).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kEmptyDict).op(Op::kNewObjEx).stop()),
+      "Namespace{}");
+  EXPECT_EQ(outcome(P().proto(2).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).stop()), "Namespace{}");
 }
 
 TEST(PickleVmOpcodes, PersistentIds) {
@@ -439,12 +479,54 @@ TEST(PickleVmOpcodes, PersistentIds) {
                "forbidden_persistent_id: PERSID");
 }
 
+TEST(PickleVmOpcodes, BufferedSourcesReadLikeMemory) {
+  // Operands and text lines longer than the reader's window, and many small opcodes across its
+  // refills, read through a source that is not a MemorySource (SubSource: the buffered path).
+  std::string long_text(150'000, 'x');
+  std::string long_line(200'000, 'y');
+  P framed;
+  for (int i = 0; i < 20'000; ++i) framed.i(i % 300);
+  P pickle;
+  pickle.proto(4).mark().op(Op::kFrame).le(framed.size(), 8).append(framed);
+  pickle.s(long_text)
+      .op(Op::kUnicode)
+      .raw(long_line + "\n")
+      .op(Op::kBinBytes8)
+      .le(100'000, 8)
+      .raw(std::string(100'000, 'z'));
+  pickle.raw("I123456789\n").op(Op::kList).stop();
+  std::vector<uint8_t> bytes = pickle.bytes();
+  MemorySource memory(bytes);
+  SubSource buffered(memory, 0, memory.size());
+  auto direct = parse_pickle(memory, Policy{}, {});
+  auto windowed = parse_pickle(buffered, Policy{}, {});
+  ASSERT_TRUE(direct) << direct.error().describe();
+  ASSERT_TRUE(windowed) << windowed.error().describe();
+  EXPECT_TRUE(structurally_equal(direct->tree, windowed->tree));
+  const auto& items = std::get<ListValue>(windowed->tree.at(windowed->tree.root)).items;
+  ASSERT_EQ(items.size(), 20'004u);
+  EXPECT_EQ(std::get<StrValue>(windowed->tree.at(items[20'000])).utf8, long_text);
+  EXPECT_EQ(std::get<StrValue>(windowed->tree.at(items[20'001])).utf8, long_line);
+  EXPECT_EQ(std::get<BytesValue>(windowed->tree.at(items[20'002])).data.size(), 100'000u);
+  EXPECT_EQ(render(*windowed).substr(0, 10), "[0, 1, 2, ");
+  // The same errors, at the same offsets, either way.
+  std::vector<uint8_t> cut(bytes.begin(), bytes.begin() + 150'000);
+  MemorySource cut_memory(cut);
+  SubSource cut_buffered(cut_memory, 0, cut_memory.size());
+  auto cut_direct = parse_pickle(cut_memory, Policy{}, {});
+  auto cut_windowed = parse_pickle(cut_buffered, Policy{}, {});
+  ASSERT_FALSE(cut_direct);
+  ASSERT_FALSE(cut_windowed);
+  EXPECT_EQ(cut_direct.error().describe(), cut_windowed.error().describe());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed input
 
 TEST(PickleVmErrors, TruncationNamesTheOpcodeAndItsOffset) {
-  expect_error(parse(bytes_of("\x80\x02K\x01X\x05\x00\x00\x00" "ab")), ErrorCode::kParse, 4,
-               "BINUNICODE: truncated operand");
+  expect_error(parse(bytes_of("\x80\x02K\x01X\x05\x00\x00\x00"
+                              "ab")),
+               ErrorCode::kParse, 4, "BINUNICODE: truncated operand");
   expect_error(parse(bytes_of("\x80\x02J\x01\x02")), ErrorCode::kParse, 2, "BININT: truncated");
   expect_error(parse(bytes_of("\x80\x02G\x01")), ErrorCode::kParse, 2, "BINFLOAT");
   expect_error(parse(bytes_of("\x80")), ErrorCode::kParse, 0, "PROTO");
@@ -472,8 +554,8 @@ TEST(PickleVmErrors, FrameBoundaries) {
   expect_error(parse(P().proto(4).op(Op::kFrame).le(3, 8).raw("I12\n").stop()), ErrorCode::kParse, 11,
                "INT: text line runs past the end of the FRAME");
   // A new frame before the current one is used up.
-  expect_error(parse(P().proto(4).op(Op::kFrame).le(11, 8).op(Op::kFrame).le(1, 8).raw("NN").stop()),
-               ErrorCode::kParse, 11, "FRAME: a new FRAME starts before the current one ends");
+  expect_error(parse(P().proto(4).op(Op::kFrame).le(11, 8).op(Op::kFrame).le(1, 8).raw("NN").stop()), ErrorCode::kParse,
+               11, "FRAME: a new FRAME starts before the current one ends");
   // A frame longer than the input.
   expect_error(parse(P().proto(4).op(Op::kFrame).le(100, 8).raw("N.")), ErrorCode::kParse, 2, "runs past the end");
   // A frame that ends inside a multi-byte operand of the next frame's first opcode is also refused
@@ -499,9 +581,13 @@ TEST(PickleVmErrors, MalformedOperandsAndStack) {
   expect_error(parse(bytes_of("1.")), ErrorCode::kParse, 0, "POP_MARK: no MARK");
   expect_error(parse(bytes_of("h\x03.")), ErrorCode::kParse, 0, "BINGET: memo has no entry 3");
   expect_error(parse(bytes_of("q\x00.")), ErrorCode::kParse, 0, "nothing to memoize");
-  expect_error(parse(bytes_of("(K\x01" "d.")), ErrorCode::kParse, 3, "DICT: odd number");
+  expect_error(parse(bytes_of("(K\x01"
+                              "d.")),
+               ErrorCode::kParse, 3, "DICT: odd number");
   expect_error(parse(bytes_of("}(K\x01u.")), ErrorCode::kParse, 4, "SETITEMS: odd number");
-  expect_error(parse(bytes_of("(K\x01" "e.")), ErrorCode::kParse, 3, "APPENDS: stack underflow");
+  expect_error(parse(bytes_of("(K\x01"
+                              "e.")),
+               ErrorCode::kParse, 3, "APPENDS: stack underflow");
   expect_error(parse(P().op(Op::kBinString).le(0xFFFFFFFF, 4).stop()), ErrorCode::kParse, 0, "negative length");
   expect_error(parse(P().op(Op::kLong4).le(0x80000000, 4).stop()), ErrorCode::kParse, 0, "negative length");
   expect_error(parse(bytes_of("X\x02\x00\x00\x00\xc0\x80.")), ErrorCode::kParse, 0, "not valid UTF-8");
@@ -578,7 +664,8 @@ TEST(PickleVmLimits, MaxNestingDepthCountsContainerDepth) {
     return p.stop();
   };
   EXPECT_TRUE(parse(chain(10), policy));
-  expect_error(parse(chain(11), policy), ErrorCode::kLimitExceeded, std::nullopt, "SETITEM: 11 exceeds max_nesting_depth");
+  expect_error(parse(chain(11), policy), ErrorCode::kLimitExceeded, std::nullopt,
+               "SETITEM: 11 exceeds max_nesting_depth");
   // ...and through APPEND.
   EXPECT_TRUE(parse(bytes_of("]]]]]]]]]]]aaaaaaaaaa."), policy));
   expect_error(parse(bytes_of("]]]]]]]]]]]]aaaaaaaaaaa."), policy), ErrorCode::kLimitExceeded, std::nullopt,
@@ -589,17 +676,23 @@ TEST(PickleVmLimits, MaxMemoEntries) {
   auto policy = with_limits([](Limits& l) { l.max_memo_entries = 2; });
   EXPECT_EQ(outcome("Nq\x00q\x00q\x00q\x01.", policy), "None");  // rewriting a slot is not a new entry
   expect_error(parse(bytes_of("Nq\x00q\x01q\x02."), policy), ErrorCode::kLimitExceeded, 5, "max_memo_entries");
-  expect_error(parse(bytes_of("N\x94\x94\x94."), policy), ErrorCode::kLimitExceeded, 3, "MEMOIZE: 3 exceeds max_memo_entries");
+  expect_error(parse(bytes_of("N\x94\x94\x94."), policy), ErrorCode::kLimitExceeded, 3,
+               "MEMOIZE: 3 exceeds max_memo_entries");
 }
 
 TEST(PickleVmLimits, MaxMemoIndexAndSparseIndices) {
   auto policy = with_limits([](Limits& l) { l.max_memo_index = 1000; });
-  EXPECT_EQ(outcome("Nr\xe8\x03\x00\x00" "0j\xe8\x03\x00\x00.", policy), "None");
-  expect_error(parse(bytes_of("Nr\xe9\x03\x00\x00."), policy), ErrorCode::kLimitExceeded, 1, "LONG_BINPUT: 1001 exceeds max_memo_index");
+  EXPECT_EQ(outcome("Nr\xe8\x03\x00\x00"
+                    "0j\xe8\x03\x00\x00.",
+                    policy),
+            "None");
+  expect_error(parse(bytes_of("Nr\xe9\x03\x00\x00."), policy), ErrorCode::kLimitExceeded, 1,
+               "LONG_BINPUT: 1001 exceeds max_memo_index");
   expect_error(parse(bytes_of("Np99999999999999999999\n."), policy), ErrorCode::kLimitExceeded, 1, "max_memo_index");
   // Far, scattered indices within the default limit cost memory per entry, not per index.
-  auto sparse = parse(bytes_of("K\x01r\x00\xe1\xf5\x05K\x02r\x00\x00\x00\x00K\x03r\xff\xe0\xf5\x05"
-                               "j\x00\xe1\xf5\x05j\xff\xe0\xf5\x05j\x00\x00\x00\x00\x87."));
+  auto sparse =
+      parse(bytes_of("K\x01r\x00\xe1\xf5\x05K\x02r\x00\x00\x00\x00K\x03r\xff\xe0\xf5\x05"
+                     "j\x00\xe1\xf5\x05j\xff\xe0\xf5\x05j\x00\x00\x00\x00\x87."));
   ASSERT_TRUE(sparse) << sparse.error().describe();
   EXPECT_EQ(render(*sparse), "(1, 3, 2)");
   // An index first written far away, then reached by dense growth, is still the same slot.
@@ -613,12 +706,14 @@ TEST(PickleVmLimits, MaxMemoIndexAndSparseIndices) {
 TEST(PickleVmLimits, MaxStringLength) {
   auto policy = with_limits([](Limits& l) { l.max_string_length = 4; });
   EXPECT_EQ(outcome(P().s("abcd").stop(), policy), "'abcd'");
-  expect_error(parse(P().s("abcde").stop(), policy), ErrorCode::kLimitExceeded, 0, "BINUNICODE: 5 exceeds max_string_length");
+  expect_error(parse(P().s("abcde").stop(), policy), ErrorCode::kLimitExceeded, 0,
+               "BINUNICODE: 5 exceeds max_string_length");
   expect_error(parse(P().op(Op::kBinBytes8).le(5, 8).raw("abcde").stop(), policy), ErrorCode::kLimitExceeded, 0,
                "BINBYTES8");
   expect_error(parse(P().op(Op::kByteArray8).le(1ull << 40, 8).stop(), policy), ErrorCode::kLimitExceeded, 0,
                "BYTEARRAY8");
-  expect_error(parse(bytes_of("Vabcdef\n."), policy), ErrorCode::kLimitExceeded, 0, "UNICODE: 5 exceeds max_string_length");
+  expect_error(parse(bytes_of("Vabcdef\n."), policy), ErrorCode::kLimitExceeded, 0,
+               "UNICODE: 5 exceeds max_string_length");
   expect_error(parse(bytes_of("cbuiltins\nset\n."), policy), ErrorCode::kLimitExceeded, 0, "GLOBAL");
 }
 
@@ -677,8 +772,18 @@ TEST(PickleVmLimits, CollidingKeysAreRefused) {
 
 TEST(PickleVmFindings, ForbiddenGlobalIsRecordedWithItsOffset) {
   P pickle;
-  pickle.proto(2).op(Op::kEmptyDict).s("ok").i(1).op(Op::kSetItem).s("evil").g("os", "system").s("rm -rf /")
-      .op(Op::kTuple1).op(Op::kReduce).op(Op::kSetItem).stop();
+  pickle.proto(2)
+      .op(Op::kEmptyDict)
+      .s("ok")
+      .i(1)
+      .op(Op::kSetItem)
+      .s("evil")
+      .g("os", "system")
+      .s("rm -rf /")
+      .op(Op::kTuple1)
+      .op(Op::kReduce)
+      .op(Op::kSetItem)
+      .stop();
   auto disarmed = parse(pickle, {}, archive_options());
   ASSERT_TRUE(disarmed) << disarmed.error().describe();
   EXPECT_EQ(render(*disarmed), "{'ok': 1}");
@@ -706,32 +811,61 @@ TEST(PickleVmFindings, PoisonPropagatesAndIsDroppedByContainers) {
   const Policy disarm = with_actions(Action::kDisarm);
   // Through a tuple into a list, as a dict key and as a dict value, into a set and an OrderedDict.
   EXPECT_EQ(outcome("(K\x01(cos\nsystem\nK\x02tK\x03l.", disarm), "[1, 3]");
-  EXPECT_EQ(outcome("(cos\nsystem\nK\x01K\x02K\x03" "d.", disarm), "{2: 3}");
-  EXPECT_EQ(outcome("}(K\x01" "cos\nsystem\nK\x02K\x03u.", disarm), "{2: 3}");
+  EXPECT_EQ(outcome("(cos\nsystem\nK\x01K\x02K\x03"
+                    "d.",
+                    disarm),
+            "{2: 3}");
+  EXPECT_EQ(outcome("}(K\x01"
+                    "cos\nsystem\nK\x02K\x03u.",
+                    disarm),
+            "{2: 3}");
   EXPECT_EQ(outcome("\x8f(cos\nsystem\nK\x02\x90.", disarm), "set{2}");
   EXPECT_EQ(outcome("(cos\nsystem\nK\x02\x91.", disarm), "frozenset{2}");
-  EXPECT_EQ(outcome(P().ordered_dict().s("a").g("os", "system").op(Op::kSetItem).s("b").i(1).op(Op::kSetItem).stop(),
-                    disarm),
-            "OrderedDict{'b': 1}");
+  EXPECT_EQ(
+      outcome(P().ordered_dict().s("a").g("os", "system").op(Op::kSetItem).s("b").i(1).op(Op::kSetItem).stop(), disarm),
+      "OrderedDict{'b': 1}");
   // Through the memo: the poisoned slot stays poisoned.
-  EXPECT_EQ(outcome("]cos\nsystem\nq\x00" "ah\x00" "aK\x01" "a.", disarm), "[1]");
+  EXPECT_EQ(outcome("]cos\nsystem\nq\x00"
+                    "ah\x00"
+                    "aK\x01"
+                    "a.",
+                    disarm),
+            "[1]");
   // As call arguments and as the callable: the call is poisoned, not re-reported.
-  auto call = parse(P().op(Op::kEmptyList).g("torch", "Size").mark().g("os", "system").op(Op::kTuple)
-                        .op(Op::kTuple1).op(Op::kReduce).op(Op::kAppend).stop(),
+  auto call = parse(P().op(Op::kEmptyList)
+                        .g("torch", "Size")
+                        .mark()
+                        .g("os", "system")
+                        .op(Op::kTuple)
+                        .op(Op::kTuple1)
+                        .op(Op::kReduce)
+                        .op(Op::kAppend)
+                        .stop(),
                     disarm);
   ASSERT_TRUE(call) << call.error().describe();
   EXPECT_EQ(render(*call), "[]");
   EXPECT_EQ(call->findings.size(), 1u);
   // As BUILD state: the built object is dropped.
-  EXPECT_EQ(outcome(P().op(Op::kEmptyList).ordered_dict().g("os", "system").op(Op::kBuild).op(Op::kAppend).stop(), disarm),
-            "[]");
+  EXPECT_EQ(
+      outcome(P().op(Op::kEmptyList).ordered_dict().g("os", "system").op(Op::kBuild).op(Op::kAppend).stop(), disarm),
+      "[]");
   // As a persistent id.
   EXPECT_EQ(outcome(P().op(Op::kEmptyList).g("os", "system").op(Op::kBinPersId).op(Op::kAppend).stop(), disarm,
                     archive_options()),
             "[]");
   // Into a Namespace's BUILD state.
-  EXPECT_EQ(outcome(P().g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).op(Op::kEmptyDict).s("a")
-                        .g("os", "system").op(Op::kSetItem).s("b").i(2).op(Op::kSetItem).op(Op::kBuild).stop(),
+  EXPECT_EQ(outcome(P().g("argparse", "Namespace")
+                        .op(Op::kEmptyTuple)
+                        .op(Op::kNewObj)
+                        .op(Op::kEmptyDict)
+                        .s("a")
+                        .g("os", "system")
+                        .op(Op::kSetItem)
+                        .s("b")
+                        .i(2)
+                        .op(Op::kSetItem)
+                        .op(Op::kBuild)
+                        .stop(),
                     disarm),
             "Namespace{'b': 2}");
 }
@@ -751,9 +885,9 @@ TEST(PickleVmFindings, UnsafeRootIsAlwaysAnError) {
 
 TEST(PickleVmFindings, CallablesAndUnfinishedObjectsAreNoValues) {
   const Policy disarm = with_actions(Action::kDisarm);
-  auto stored = parse(P().op(Op::kEmptyList).g("torch._utils", "_rebuild_tensor_v2").op(Op::kAppend).i(1)
-                          .op(Op::kAppend).stop(),
-                      disarm);
+  auto stored =
+      parse(P().op(Op::kEmptyList).g("torch._utils", "_rebuild_tensor_v2").op(Op::kAppend).i(1).op(Op::kAppend).stop(),
+            disarm);
   ASSERT_TRUE(stored);
   EXPECT_EQ(render(*stored), "[1]");
   ASSERT_EQ(stored->findings.size(), 1u);
@@ -762,8 +896,15 @@ TEST(PickleVmFindings, CallablesAndUnfinishedObjectsAreNoValues) {
   EXPECT_EQ(outcome(P().op(Op::kEmptyList).g("builtins", "object").i(1).op(Op::kTuple2).op(Op::kAppend).stop(), disarm),
             "[]");
   // A numpy array that never got its BUILD.
-  auto unfinished = parse(P().op(Op::kEmptyList).g("numpy.core.multiarray", "_reconstruct").g("numpy", "ndarray")
-                              .ints({0}).b("b").op(Op::kTuple3).op(Op::kReduce).op(Op::kAppend).stop(),
+  auto unfinished = parse(P().op(Op::kEmptyList)
+                              .g("numpy.core.multiarray", "_reconstruct")
+                              .g("numpy", "ndarray")
+                              .ints({0})
+                              .b("b")
+                              .op(Op::kTuple3)
+                              .op(Op::kReduce)
+                              .op(Op::kAppend)
+                              .stop(),
                           disarm);
   ASSERT_TRUE(unfinished);
   EXPECT_EQ(render(*unfinished), "[]");
@@ -773,10 +914,10 @@ TEST(PickleVmFindings, CallablesAndUnfinishedObjectsAreNoValues) {
 
 TEST(PickleVmFindings, ExactPairsOnlyNeverPrefixesOrAttributePaths) {
   const Policy disarm = with_actions(Action::kDisarm);
-  for (const char* pickle : {"ctorch\nTensor.add_\n.", "ctorch.Tensor\nadd_\n.", "ctorch\n__builtins__\n.",
-                             "ctorch._utils\n_rebuild_tensor_v2.__globals__\n.", "ctorch\nSize \n.",
-                             "ctorch\nFloatStorage.__init__\n.", "ccollections.OrderedDict\n__reduce__\n.",
-                             "ctorch\nPyObjectStorage\n.", "ctorch\nhalf\n."}) {
+  for (const char* pickle :
+       {"ctorch\nTensor.add_\n.", "ctorch.Tensor\nadd_\n.", "ctorch\n__builtins__\n.",
+        "ctorch._utils\n_rebuild_tensor_v2.__globals__\n.", "ctorch\nSize \n.", "ctorch\nFloatStorage.__init__\n.",
+        "ccollections.OrderedDict\n__reduce__\n.", "ctorch\nPyObjectStorage\n.", "ctorch\nhalf\n."}) {
     auto result = parse(std::vector<uint8_t>(pickle, pickle + std::strlen(pickle)), disarm);
     expect_error(result, ErrorCode::kForbidden, std::nullopt, "unsafe root");
   }
@@ -797,8 +938,9 @@ TEST(PickleVmFindings, ExactPairsOnlyNeverPrefixesOrAttributePaths) {
 
 TEST(PickleVmFindings, FixImportsOnlyBelowProtocol3) {
   EXPECT_EQ(outcome("c__builtin__\nset\n(]tR."), "set{}");
-  EXPECT_EQ(outcome(P().proto(2).g("__builtin__", "frozenset").op(Op::kEmptyList).op(Op::kTuple1).op(Op::kReduce).stop()),
-            "frozenset{}");
+  EXPECT_EQ(
+      outcome(P().proto(2).g("__builtin__", "frozenset").op(Op::kEmptyList).op(Op::kTuple1).op(Op::kReduce).stop()),
+      "frozenset{}");
   expect_error(parse(P().proto(3).g("__builtin__", "set").op(Op::kEmptyList).op(Op::kTuple1).op(Op::kReduce).stop(),
                      with_actions(Action::kBlock)),
                ErrorCode::kForbidden, 2, "GLOBAL __builtin__.set");
@@ -812,17 +954,40 @@ TEST(PickleVmFindings, WrongTargetsForMutationAndBuild) {
     std::string result = "[]";
   };
   std::vector<Case> cases;
-  cases.push_back({P().op(Op::kEmptyList).op(Op::kEmptyDict).i(1).op(Op::kAppend).op(Op::kAppend).stop(), "APPEND on dict"});
-  cases.push_back({P().op(Op::kEmptyList).op(Op::kEmptyList).i(1).i(2).op(Op::kSetItem).op(Op::kAppend).stop(), "SETITEM on list"});
-  cases.push_back({P().op(Op::kEmptyList).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).s("a").i(2)
-                         .op(Op::kSetItem).op(Op::kAppend).stop(), "SETITEM on argparse.Namespace"});
-  cases.push_back({P().op(Op::kEmptyList).mark().i(1).op(Op::kFrozenSet).mark().i(2).op(Op::kAddItems).op(Op::kAppend).stop(), "ADDITEMS on frozenset"});
-  cases.push_back({P().op(Op::kEmptyList).op(Op::kEmptyList).op(Op::kEmptyDict).op(Op::kBuild).op(Op::kAppend).stop(), "BUILD on list"});
-  cases.push_back({P().op(Op::kEmptyList).ordered_dict().op(Op::kEmptyDict).op(Op::kBuild).op(Op::kEmptyDict)
-                         .op(Op::kBuild).op(Op::kAppend).stop(), "BUILD on OrderedDict"});
-  cases.push_back({P().op(Op::kEmptyList).ordered_dict().mark().i(1).i(2).op(Op::kDict).op(Op::kBuild).op(Op::kAppend).stop(), "BUILD on OrderedDict"});
-  cases.push_back({P().op(Op::kEmptyList).op(Op::kEmptyDict).op(Op::kEmptyList).i(1).op(Op::kSetItem).op(Op::kAppend).stop(),
-                   "SETITEM with a list key", "[{}]"});
+  cases.push_back(
+      {P().op(Op::kEmptyList).op(Op::kEmptyDict).i(1).op(Op::kAppend).op(Op::kAppend).stop(), "APPEND on dict"});
+  cases.push_back(
+      {P().op(Op::kEmptyList).op(Op::kEmptyList).i(1).i(2).op(Op::kSetItem).op(Op::kAppend).stop(), "SETITEM on list"});
+  cases.push_back({P().op(Op::kEmptyList)
+                       .g("argparse", "Namespace")
+                       .op(Op::kEmptyTuple)
+                       .op(Op::kNewObj)
+                       .s("a")
+                       .i(2)
+                       .op(Op::kSetItem)
+                       .op(Op::kAppend)
+                       .stop(),
+                   "SETITEM on argparse.Namespace"});
+  cases.push_back(
+      {P().op(Op::kEmptyList).mark().i(1).op(Op::kFrozenSet).mark().i(2).op(Op::kAddItems).op(Op::kAppend).stop(),
+       "ADDITEMS on frozenset"});
+  cases.push_back({P().op(Op::kEmptyList).op(Op::kEmptyList).op(Op::kEmptyDict).op(Op::kBuild).op(Op::kAppend).stop(),
+                   "BUILD on list"});
+  cases.push_back({P().op(Op::kEmptyList)
+                       .ordered_dict()
+                       .op(Op::kEmptyDict)
+                       .op(Op::kBuild)
+                       .op(Op::kEmptyDict)
+                       .op(Op::kBuild)
+                       .op(Op::kAppend)
+                       .stop(),
+                   "BUILD on OrderedDict"});
+  cases.push_back(
+      {P().op(Op::kEmptyList).ordered_dict().mark().i(1).i(2).op(Op::kDict).op(Op::kBuild).op(Op::kAppend).stop(),
+       "BUILD on OrderedDict"});
+  cases.push_back(
+      {P().op(Op::kEmptyList).op(Op::kEmptyDict).op(Op::kEmptyList).i(1).op(Op::kSetItem).op(Op::kAppend).stop(),
+       "SETITEM with a list key", "[{}]"});
   for (auto& [pickle, construct, expected] : cases) {
     auto result = parse(pickle, disarm);
     ASSERT_TRUE(result) << construct << ": " << result.error().describe();
@@ -839,21 +1004,49 @@ TEST(PickleVmFindings, WrongTargetsForMutationAndBuild) {
 
 TEST(PickleVmKeys, LastWriteWinsAndKeysCompareByValue) {
   // {1: 'a', True: 'b', 1.0: 'c'} is {1: 'c'} in Python: the first key object stays.
-  EXPECT_EQ(outcome(P().op(Op::kEmptyDict).mark().i(1).s("a").boolean(true).s("b").raw("G\x3f\xf0").le(0, 6).s("c")
-                        .op(Op::kSetItems).stop()),
+  EXPECT_EQ(outcome(P().op(Op::kEmptyDict)
+                        .mark()
+                        .i(1)
+                        .s("a")
+                        .boolean(true)
+                        .s("b")
+                        .raw("G\x3f\xf0")
+                        .le(0, 6)
+                        .s("c")
+                        .op(Op::kSetItems)
+                        .stop()),
             "{1: 'c'}");
   EXPECT_EQ(outcome(P().mark().s("k").i(1).b("k").i(2).s("k").i(3).op(Op::kDict).stop()), "{'k': 3, b'k': 2}");
   // Tuples compare item by item; 0.0 == -0.0; each NaN node is a key of its own unless it is the same node.
-  EXPECT_EQ(outcome(P().mark().i(1).i(2).op(Op::kTuple2).s("x").i(1).raw("G").le(0x0000000000000040, 8)
-                        .op(Op::kTuple2).s("y").op(Op::kDict).stop()),
+  EXPECT_EQ(outcome(P().mark()
+                        .i(1)
+                        .i(2)
+                        .op(Op::kTuple2)
+                        .s("x")
+                        .i(1)
+                        .raw("G")
+                        .le(0x0000000000000040, 8)
+                        .op(Op::kTuple2)
+                        .s("y")
+                        .op(Op::kDict)
+                        .stop()),
             "{(1, 2): 'y'}");
-  EXPECT_EQ(outcome("(F0.0\nK\x01" "F-0.0\nK\x02" "d."), "{float(0000000000000000): 2}");
-  EXPECT_EQ(outcome("(Fnan\nK\x01" "Fnan\nK\x02" "d."), "{float(7ff8000000000000): 1, float(7ff8000000000000): 2}");
-  EXPECT_EQ(outcome("(Fnan\nq\x00K\x01h\x00K\x02" "d."), "{float(7ff8000000000000): 2}");
+  EXPECT_EQ(outcome("(F0.0\nK\x01"
+                    "F-0.0\nK\x02"
+                    "d."),
+            "{float(0000000000000000): 2}");
+  EXPECT_EQ(outcome("(Fnan\nK\x01"
+                    "Fnan\nK\x02"
+                    "d."),
+            "{float(7ff8000000000000): 1, float(7ff8000000000000): 2}");
+  EXPECT_EQ(outcome("(Fnan\nq\x00K\x01h\x00K\x02"
+                    "d."),
+            "{float(7ff8000000000000): 2}");
   // Big ints equal to integral floats.
-  EXPECT_EQ(outcome(P().mark().op(Op::kLong1).byte(9).le(0, 8).byte(1).i(1).raw("G\x43\xf0").le(0, 6).i(2)
-                        .op(Op::kDict).stop()),
-            "{18446744073709551616: 2}");
+  EXPECT_EQ(
+      outcome(
+          P().mark().op(Op::kLong1).byte(9).le(0, 8).byte(1).i(1).raw("G\x43\xf0").le(0, 6).i(2).op(Op::kDict).stop()),
+      "{18446744073709551616: 2}");
   // Sets keep the first of equal items; large containers go through the index.
   EXPECT_EQ(outcome("(K\x01\x88K\x01\x91."), "frozenset{1}");
   P large;
@@ -869,14 +1062,24 @@ TEST(PickleVmKeys, LastWriteWinsAndKeysCompareByValue) {
 
 TEST(PickleVmKeys, AllowedKeyKinds) {
   const Policy disarm = with_actions(Action::kDisarm);
-  EXPECT_EQ(outcome(P().mark().none().i(1).g("torch", "float32").i(2).mark().i(1).s("a").b("b").op(Op::kTuple).i(3)
-                        .op(Op::kDict).stop()),
+  EXPECT_EQ(outcome(P().mark()
+                        .none()
+                        .i(1)
+                        .g("torch", "float32")
+                        .i(2)
+                        .mark()
+                        .i(1)
+                        .s("a")
+                        .b("b")
+                        .op(Op::kTuple)
+                        .i(3)
+                        .op(Op::kDict)
+                        .stop()),
             "{None: 1, torch.float32: 2, (1, 'a', b'b'): 3}");
   for (P key : {P().op(Op::kEmptyList), P().op(Op::kEmptyDict), P().op(Op::kByteArray8).le(0, 8),
                 P().op(Op::kEmptyList).op(Op::kTuple1), P().op(Op::kEmptySet)}) {
     P pickle;
-    std::vector<uint8_t> key_bytes = key.bytes();
-    pickle.op(Op::kEmptyDict).raw(std::string(key_bytes.begin(), key_bytes.end())).i(1).op(Op::kSetItem).stop();
+    pickle.op(Op::kEmptyDict).append(key).i(1).op(Op::kSetItem).stop();
     auto result = parse(pickle, disarm);
     ASSERT_TRUE(result) << result.error().describe();
     EXPECT_EQ(render(*result), "{}");
@@ -961,9 +1164,8 @@ TEST(PickleVmStorage, ModesDecideWhatAPersistentIdMayBe) {
 
 // The finding a disarmed call produces, or "" when the stream parsed without one.
 std::string call_finding(const P& pickle, const PickleParseOptions& options = archive_options()) {
-  std::vector<uint8_t> inner = pickle.bytes();
   P wrapped;
-  wrapped.op(Op::kEmptyList).raw(std::string(inner.begin(), inner.end())).op(Op::kAppend).stop();
+  wrapped.op(Op::kEmptyList).append(pickle).op(Op::kAppend).stop();
   auto result = parse(wrapped, with_actions(Action::kDisarm), options);
   if (!result) return "error: " + result.error().describe();
   if (result->findings.empty()) return "";
@@ -972,8 +1174,19 @@ std::string call_finding(const P& pickle, const PickleParseOptions& options = ar
 
 TEST(PickleVmAllowlist, RebuildTensorV2) {
   P good;
-  good.proto(2).g("torch._utils", "_rebuild_tensor_v2").mark().storage("0", 12).i(2).ints({2, 5}).ints({5, 1})
-      .boolean(true).ordered_dict().op(Op::kEmptyDict).op(Op::kTuple).op(Op::kReduce).stop();
+  good.proto(2)
+      .g("torch._utils", "_rebuild_tensor_v2")
+      .mark()
+      .storage("0", 12)
+      .i(2)
+      .ints({2, 5})
+      .ints({5, 1})
+      .boolean(true)
+      .ordered_dict()
+      .op(Op::kEmptyDict)
+      .op(Op::kTuple)
+      .op(Op::kReduce)
+      .stop();
   auto parsed = parse(good, {}, archive_options());
   ASSERT_TRUE(parsed) << parsed.error().describe();
   EXPECT_EQ(render(*parsed), "Tensor(Storage(FloatStorage, 'cpu', 12), 2, (2, 5), (5, 1), True)");
@@ -982,9 +1195,21 @@ TEST(PickleVmAllowlist, RebuildTensorV2) {
   ASSERT_TRUE(tensor.metadata);
   EXPECT_TRUE(std::holds_alternative<DictValue>(parsed->tree.at(*tensor.metadata)));
   // torch.Size as the size argument, a 0-d tensor, an empty view whose offset is the storage's end.
-  EXPECT_EQ(outcome(P().proto(2).g("torch._utils", "_rebuild_tensor_v2").mark().storage("0", 3).i(0).g("torch", "Size")
-                        .ints({3}).op(Op::kTuple1).op(Op::kReduce).ints({1}).boolean(false).ordered_dict()
-                        .op(Op::kTuple).op(Op::kReduce).stop(),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("torch._utils", "_rebuild_tensor_v2")
+                        .mark()
+                        .storage("0", 3)
+                        .i(0)
+                        .g("torch", "Size")
+                        .ints({3})
+                        .op(Op::kTuple1)
+                        .op(Op::kReduce)
+                        .ints({1})
+                        .boolean(false)
+                        .ordered_dict()
+                        .op(Op::kTuple)
+                        .op(Op::kReduce)
+                        .stop(),
                     {}, archive_options()),
             "Tensor(Storage(FloatStorage, 'cpu', 3), 0, (3), (1), False)");
   EXPECT_EQ(outcome(P().proto(2).tensor("0", 1, 0, {}, {}).stop(), {}, archive_options()),
@@ -1003,7 +1228,8 @@ TEST(PickleVmAllowlist, RebuildTensorV2) {
   EXPECT_EQ(wrong(4, 5, {0}, {1}),
             "REDUCE torch._utils._rebuild_tensor_v2: the view reaches past the end of its storage of 4 elements");
   EXPECT_EQ(wrong(6, 0, {2, 3}, {3}), "REDUCE torch._utils._rebuild_tensor_v2: size and stride differ in length");
-  EXPECT_EQ(wrong(6, 0, {2, 3}, {-3, 1}), "REDUCE torch._utils._rebuild_tensor_v2: sizes and strides must be non-negative");
+  EXPECT_EQ(wrong(6, 0, {2, 3}, {-3, 1}),
+            "REDUCE torch._utils._rebuild_tensor_v2: sizes and strides must be non-negative");
   EXPECT_EQ(wrong(6, -1, {1}, {1}),
             "REDUCE torch._utils._rebuild_tensor_v2: argument 2 (storage offset) must be a non-negative int");
   // Products and sums that overflow 64 bits are caught, not wrapped.
@@ -1027,31 +1253,58 @@ TEST(PickleVmAllowlist, RebuildTensorV2) {
               p.storage("0", 4).i(0).ints({4}).ints({1}).boolean(false).ordered_dict().s("h").i(1).op(Op::kSetItem);
             }).find("argument 6"),
             std::string::npos);
-  EXPECT_NE(with_args([](P& p) { p.storage("0", 4).i(0).ints({4}).ints({1}).boolean(false).op(Op::kEmptyDict); })
-                .find("argument 6"),
+  EXPECT_NE(with_args([](P& p) {
+              p.storage("0", 4).i(0).ints({4}).ints({1}).boolean(false).op(Op::kEmptyDict);
+            }).find("argument 6"),
             std::string::npos);
-  EXPECT_NE(with_args([](P& p) { p.storage("0", 4).i(0).ints({4}).ints({1}).boolean(false).ordered_dict().i(3); })
-                .find("argument 7"),
+  EXPECT_NE(with_args([](P& p) {
+              p.storage("0", 4).i(0).ints({4}).ints({1}).boolean(false).ordered_dict().i(3);
+            }).find("argument 7"),
             std::string::npos);
-  EXPECT_NE(with_args([](P& p) { p.storage("0", 4).i(0).op(Op::kEmptyList).ints({1}).boolean(false).ordered_dict(); })
-                .find("argument 3"),
+  EXPECT_NE(with_args([](P& p) {
+              p.storage("0", 4).i(0).op(Op::kEmptyList).ints({1}).boolean(false).ordered_dict();
+            }).find("argument 3"),
             std::string::npos);
   EXPECT_NE(with_args([](P& p) { p.storage("0", 4).i(0).ints({4}).boolean(false).ordered_dict(); }).find("6 or 7"),
             std::string::npos);
   EXPECT_NE(with_args([](P& p) {
-              p.storage("0", 4).i(0).ints({4}).op(Op::kLong1).byte(9).le(0, 8).byte(1).op(Op::kTuple1).boolean(false)
+              p.storage("0", 4)
+                  .i(0)
+                  .ints({4})
+                  .op(Op::kLong1)
+                  .byte(9)
+                  .le(0, 8)
+                  .byte(1)
+                  .op(Op::kTuple1)
+                  .boolean(false)
                   .ordered_dict();
             }).find("argument 4"),
             std::string::npos);
 }
 
 TEST(PickleVmAllowlist, RebuildTensorV1ParametersAndFromType) {
-  EXPECT_EQ(outcome(P().proto(2).g("torch._utils", "_rebuild_tensor").mark().storage("0", 4).i(0).ints({4}).ints({1})
-                        .op(Op::kTuple).op(Op::kReduce).stop(),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("torch._utils", "_rebuild_tensor")
+                        .mark()
+                        .storage("0", 4)
+                        .i(0)
+                        .ints({4})
+                        .ints({1})
+                        .op(Op::kTuple)
+                        .op(Op::kReduce)
+                        .stop(),
                     {}, archive_options()),
             "Tensor(Storage(FloatStorage, 'cpu', 4), 0, (4), (1), False)");
-  EXPECT_NE(call_finding(P().g("torch._utils", "_rebuild_tensor").mark().storage("0", 4).i(0).ints({4}).ints({1})
-                             .boolean(false).ordered_dict().op(Op::kTuple).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("torch._utils", "_rebuild_tensor")
+                             .mark()
+                             .storage("0", 4)
+                             .i(0)
+                             .ints({4})
+                             .ints({1})
+                             .boolean(false)
+                             .ordered_dict()
+                             .op(Op::kTuple)
+                             .op(Op::kReduce))
                 .find("expects 4 arguments"),
             std::string::npos);
 
@@ -1062,10 +1315,11 @@ TEST(PickleVmAllowlist, RebuildTensorV1ParametersAndFromType) {
     return p.op(Op::kTuple).op(Op::kReduce).stop();
   };
   const std::string tensor = "Tensor(Storage(FloatStorage, 'cpu', 4), 0, (4), (1), False)";
-  EXPECT_EQ(outcome(parameter("_rebuild_parameter", [](P& p) { p.boolean(true).ordered_dict(); }), {}, archive_options()),
-            "Parameter(" + tensor + ", True)");
-  EXPECT_EQ(outcome(parameter("_rebuild_parameter_with_state", [](P& p) { p.boolean(false).ordered_dict().none(); }), {},
-                    archive_options()),
+  EXPECT_EQ(
+      outcome(parameter("_rebuild_parameter", [](P& p) { p.boolean(true).ordered_dict(); }), {}, archive_options()),
+      "Parameter(" + tensor + ", True)");
+  EXPECT_EQ(outcome(parameter("_rebuild_parameter_with_state", [](P& p) { p.boolean(false).ordered_dict().none(); }),
+                    {}, archive_options()),
             "Parameter(" + tensor + ", False)");
   EXPECT_EQ(outcome(parameter("_rebuild_parameter_with_state",
                               [](P& p) { p.boolean(false).ordered_dict().op(Op::kEmptyDict); }),
@@ -1079,12 +1333,21 @@ TEST(PickleVmAllowlist, RebuildTensorV1ParametersAndFromType) {
                      archive_options()),
                ErrorCode::kForbidden, std::nullopt, "argument 2 (requires_grad) must be a bool");
   // Parameter(tensor[, requires_grad]) through NEWOBJ.
-  EXPECT_EQ(outcome(P().proto(2).g("torch.nn.parameter", "Parameter").tensor("0", 4, 0, {4}, {1}).op(Op::kTuple1)
-                        .op(Op::kNewObj).stop(),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("torch.nn.parameter", "Parameter")
+                        .tensor("0", 4, 0, {4}, {1})
+                        .op(Op::kTuple1)
+                        .op(Op::kNewObj)
+                        .stop(),
                     {}, archive_options()),
             "Parameter(" + tensor + ", True)");
-  EXPECT_EQ(outcome(P().proto(2).g("torch.nn.parameter", "Parameter").tensor("0", 4, 0, {4}, {1}).boolean(false)
-                        .op(Op::kTuple2).op(Op::kNewObj).stop(),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("torch.nn.parameter", "Parameter")
+                        .tensor("0", 4, 0, {4}, {1})
+                        .boolean(false)
+                        .op(Op::kTuple2)
+                        .op(Op::kNewObj)
+                        .stop(),
                     {}, archive_options()),
             "Parameter(" + tensor + ", False)");
   EXPECT_NE(call_finding(P().g("torch.nn.parameter", "Parameter").i(1).op(Op::kTuple1).op(Op::kNewObj))
@@ -1094,25 +1357,37 @@ TEST(PickleVmAllowlist, RebuildTensorV1ParametersAndFromType) {
   // _rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor or Parameter, args, None or {})
   auto from_type = [](std::string_view module, std::string_view name, auto&& state) {
     P p;
-    p.proto(2).g("torch._tensor", "_rebuild_from_type_v2").mark().g("torch._utils", "_rebuild_tensor_v2").g(module, name);
+    p.proto(2)
+        .g("torch._tensor", "_rebuild_from_type_v2")
+        .mark()
+        .g("torch._utils", "_rebuild_tensor_v2")
+        .g(module, name);
     p.mark().storage("0", 4).i(0).ints({4}).ints({1}).boolean(true).ordered_dict().op(Op::kTuple);
     state(p);
     return p.op(Op::kTuple).op(Op::kReduce).stop();
   };
   EXPECT_EQ(outcome(from_type("torch", "Tensor", [](P& p) { p.none(); }), {}, archive_options()),
             "Tensor(Storage(FloatStorage, 'cpu', 4), 0, (4), (1), True)");
-  EXPECT_EQ(outcome(from_type("torch.nn.parameter", "Parameter", [](P& p) { p.op(Op::kEmptyDict); }), {},
-                    archive_options()),
-            "Parameter(Tensor(Storage(FloatStorage, 'cpu', 4), 0, (4), (1), True), True)");
+  EXPECT_EQ(
+      outcome(from_type("torch.nn.parameter", "Parameter", [](P& p) { p.op(Op::kEmptyDict); }), {}, archive_options()),
+      "Parameter(Tensor(Storage(FloatStorage, 'cpu', 4), 0, (4), (1), True), True)");
   const Policy block = with_actions(Action::kBlock);
-  expect_error(parse(from_type("torch", "Tensor", [](P& p) { p.mark().s("a").i(1).op(Op::kDict); }), block,
-                     archive_options()),
-               ErrorCode::kForbidden, std::nullopt, "argument 4 (state)");
+  expect_error(
+      parse(from_type("torch", "Tensor", [](P& p) { p.mark().s("a").i(1).op(Op::kDict); }), block, archive_options()),
+      ErrorCode::kForbidden, std::nullopt, "argument 4 (state)");
   expect_error(parse(from_type("torch", "Size", [](P& p) { p.none(); }), block, archive_options()),
                ErrorCode::kForbidden, std::nullopt, "argument 2 must be torch.Tensor");
   P other_func;
-  other_func.proto(2).g("torch._tensor", "_rebuild_from_type_v2").mark().g("torch._utils", "_rebuild_tensor")
-      .g("torch", "Tensor").op(Op::kEmptyTuple).none().op(Op::kTuple).op(Op::kReduce).stop();
+  other_func.proto(2)
+      .g("torch._tensor", "_rebuild_from_type_v2")
+      .mark()
+      .g("torch._utils", "_rebuild_tensor")
+      .g("torch", "Tensor")
+      .op(Op::kEmptyTuple)
+      .none()
+      .op(Op::kTuple)
+      .op(Op::kReduce)
+      .stop();
   expect_error(parse(other_func, block, archive_options()), ErrorCode::kForbidden, std::nullopt,
                "argument 1 must be torch._utils._rebuild_tensor_v2");
 }
@@ -1122,8 +1397,9 @@ TEST(PickleVmAllowlist, TorchValuesAndSize) {
                     "ctorch\nfloat8_e4m3fn\nctorch.nn.parameter\nParameter\nl."),
             "[Size(2, 3), torch.Tensor, torch.QInt8Storage, torch.complex32, torch.float8_e4m3fn, "
             "torch.nn.parameter.Parameter]");
-  EXPECT_NE(call_finding(P().g("torch", "Size").s("x").op(Op::kTuple1).op(Op::kReduce)).find("expects one tuple of ints"),
-            std::string::npos);
+  EXPECT_NE(
+      call_finding(P().g("torch", "Size").s("x").op(Op::kTuple1).op(Op::kReduce)).find("expects one tuple of ints"),
+      std::string::npos);
   EXPECT_NE(call_finding(P().g("torch", "Tensor").op(Op::kEmptyTuple).op(Op::kReduce)).find("is not callable"),
             std::string::npos);
   EXPECT_NE(call_finding(P().g("torch", "float32").op(Op::kEmptyTuple).op(Op::kReduce)).find("is not callable"),
@@ -1131,21 +1407,51 @@ TEST(PickleVmAllowlist, TorchValuesAndSize) {
   EXPECT_NE(call_finding(P().g("torch._utils", "_rebuild_tensor_v2").op(Op::kEmptyTuple).op(Op::kNewObj))
                 .find("is not constructed with NEWOBJ"),
             std::string::npos);
-  EXPECT_EQ(call_finding(P().i(1).op(Op::kEmptyTuple).op(Op::kReduce)), "REDUCE of int: only allowlisted globals may be called");
-  EXPECT_NE(call_finding(P().g("torch", "Size").op(Op::kEmptyList).op(Op::kReduce)).find("not a tuple"), std::string::npos);
+  EXPECT_EQ(call_finding(P().i(1).op(Op::kEmptyTuple).op(Op::kReduce)),
+            "REDUCE of int: only allowlisted globals may be called");
+  EXPECT_NE(call_finding(P().g("torch", "Size").op(Op::kEmptyList).op(Op::kReduce)).find("not a tuple"),
+            std::string::npos);
 }
 
 TEST(PickleVmAllowlist, OrderedDictForms) {
   EXPECT_EQ(outcome(P().ordered_dict().stop()), "OrderedDict{}");
   EXPECT_EQ(outcome(P().proto(2).g("collections", "OrderedDict").op(Op::kEmptyTuple).op(Op::kNewObj).stop()),
             "OrderedDict{}");
-  EXPECT_EQ(outcome(P().g("collections", "OrderedDict").mark().s("a").i(1).op(Op::kTuple2).s("b").i(2).op(Op::kTuple2)
-                        .s("a").i(3).op(Op::kTuple2).op(Op::kList).op(Op::kTuple1).op(Op::kReduce).stop()),
+  EXPECT_EQ(outcome(P().g("collections", "OrderedDict")
+                        .mark()
+                        .s("a")
+                        .i(1)
+                        .op(Op::kTuple2)
+                        .s("b")
+                        .i(2)
+                        .op(Op::kTuple2)
+                        .s("a")
+                        .i(3)
+                        .op(Op::kTuple2)
+                        .op(Op::kList)
+                        .op(Op::kTuple1)
+                        .op(Op::kReduce)
+                        .stop()),
             "OrderedDict{'a': 3, 'b': 2}");
   // state_dict()'s _metadata arrives through BUILD and is copied, as Python copies it into __dict__.
-  auto built = parse(P().ordered_dict().s("w").i(1).op(Op::kSetItem).op(Op::kEmptyDict).op(Op::kBinPut).byte(0)
-                         .s("_metadata").ordered_dict().op(Op::kSetItem).op(Op::kBuild).op(Op::kBinGet).byte(0).s("late")
-                         .i(1).op(Op::kSetItem).op(Op::kPop).stop());
+  auto built = parse(P().ordered_dict()
+                         .s("w")
+                         .i(1)
+                         .op(Op::kSetItem)
+                         .op(Op::kEmptyDict)
+                         .op(Op::kBinPut)
+                         .byte(0)
+                         .s("_metadata")
+                         .ordered_dict()
+                         .op(Op::kSetItem)
+                         .op(Op::kBuild)
+                         .op(Op::kBinGet)
+                         .byte(0)
+                         .s("late")
+                         .i(1)
+                         .op(Op::kSetItem)
+                         .op(Op::kPop)
+                         .stop());
   ASSERT_TRUE(built) << built.error().describe();
   EXPECT_EQ(render(*built), "OrderedDict{'w': 1}@{'_metadata': OrderedDict{}}");
   EXPECT_NE(call_finding(P().g("collections", "OrderedDict").i(1).op(Op::kTuple1).op(Op::kReduce))
@@ -1154,8 +1460,14 @@ TEST(PickleVmAllowlist, OrderedDictForms) {
   EXPECT_NE(call_finding(P().g("collections", "OrderedDict").mark().i(1).op(Op::kList).op(Op::kTuple1).op(Op::kReduce))
                 .find("(key, value) tuples"),
             std::string::npos);
-  EXPECT_NE(call_finding(P().g("collections", "OrderedDict").mark().op(Op::kEmptyList).i(1).op(Op::kTuple2).op(Op::kList)
-                             .op(Op::kTuple1).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("collections", "OrderedDict")
+                             .mark()
+                             .op(Op::kEmptyList)
+                             .i(1)
+                             .op(Op::kTuple2)
+                             .op(Op::kList)
+                             .op(Op::kTuple1)
+                             .op(Op::kReduce))
                 .find("not hashable"),
             std::string::npos);
 }
@@ -1165,7 +1477,12 @@ TEST(PickleVmAllowlist, NumpyArraysScalarsAndDtypes) {
   auto array = [](std::string_view typestr, std::string_view order, const std::vector<int64_t>& shape, bool fortran,
                   std::string_view data) {
     P p;
-    p.proto(2).g("numpy.core.multiarray", "_reconstruct").g("numpy", "ndarray").ints({0}).b("b").op(Op::kTuple3)
+    p.proto(2)
+        .g("numpy.core.multiarray", "_reconstruct")
+        .g("numpy", "ndarray")
+        .ints({0})
+        .b("b")
+        .op(Op::kTuple3)
         .op(Op::kReduce);
     p.mark().i(1).ints(shape).dtype(typestr, order).boolean(fortran).b(data).op(Op::kTuple).op(Op::kBuild);
     return p;
@@ -1189,40 +1506,96 @@ TEST(PickleVmAllowlist, NumpyArraysScalarsAndDtypes) {
                  "REDUCE numpy.dtype: dtype '");
   }
   // numpy 2 spells the modules numpy._core.
-  EXPECT_EQ(outcome(P().proto(2).g("numpy._core.multiarray", "scalar").dtype("f4", "<").b(std::string("\x00\x00\xc0?", 4))
-                        .op(Op::kTuple2).op(Op::kReduce).stop()),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("numpy._core.multiarray", "scalar")
+                        .dtype("f4", "<")
+                        .b(std::string("\x00\x00\xc0?", 4))
+                        .op(Op::kTuple2)
+                        .op(Op::kReduce)
+                        .stop()),
             "scalar(dtype('<f4'), 0000c03f)");
-  EXPECT_NE(call_finding(P().g("numpy.core.multiarray", "scalar").dtype("f4", "<").b("abc").op(Op::kTuple2)
-                             .op(Op::kReduce))
-                .find("not one element"),
-            std::string::npos);
+  EXPECT_NE(
+      call_finding(P().g("numpy.core.multiarray", "scalar").dtype("f4", "<").b("abc").op(Op::kTuple2).op(Op::kReduce))
+          .find("not one element"),
+      std::string::npos);
   // A dtype without its BUILD is not finished.
-  EXPECT_NE(call_finding(P().g("numpy.core.multiarray", "scalar").g("numpy", "dtype").s("f4").boolean(false)
-                             .boolean(true).op(Op::kTuple3).op(Op::kReduce).b("abcd").op(Op::kTuple2).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("numpy.core.multiarray", "scalar")
+                             .g("numpy", "dtype")
+                             .s("f4")
+                             .boolean(false)
+                             .boolean(true)
+                             .op(Op::kTuple3)
+                             .op(Op::kReduce)
+                             .b("abcd")
+                             .op(Op::kTuple2)
+                             .op(Op::kReduce))
                 .find("expects (dtype, bytes)"),
             std::string::npos);
   // Protocol 5: _frombuffer(bytearray or bytes, dtype, shape, 'C' or 'F').
-  EXPECT_EQ(outcome(P().proto(5).g("numpy.core.numeric", "_frombuffer").mark().op(Op::kByteArray8).le(4, 8).raw("abcd")
-                        .dtype("u1", "|").ints({2, 2}).s("F").op(Op::kTuple).op(Op::kReduce).stop()),
+  EXPECT_EQ(outcome(P().proto(5)
+                        .g("numpy.core.numeric", "_frombuffer")
+                        .mark()
+                        .op(Op::kByteArray8)
+                        .le(4, 8)
+                        .raw("abcd")
+                        .dtype("u1", "|")
+                        .ints({2, 2})
+                        .s("F")
+                        .op(Op::kTuple)
+                        .op(Op::kReduce)
+                        .stop()),
             "ndarray(dtype('|u1'), (2, 2), F, 61626364)");
-  EXPECT_NE(call_finding(P().g("numpy._core.numeric", "_frombuffer").mark().b("abc").dtype("u1", "|").ints({2, 2}).s("C")
-                             .op(Op::kTuple).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("numpy._core.numeric", "_frombuffer")
+                             .mark()
+                             .b("abc")
+                             .dtype("u1", "|")
+                             .ints({2, 2})
+                             .s("C")
+                             .op(Op::kTuple)
+                             .op(Op::kReduce))
                 .find("data length"),
             std::string::npos);
-  EXPECT_NE(call_finding(P().g("numpy.core.numeric", "_frombuffer").mark().b("abcd").dtype("u1", "|").ints({4}).s("K")
-                             .op(Op::kTuple).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("numpy.core.numeric", "_frombuffer")
+                             .mark()
+                             .b("abcd")
+                             .dtype("u1", "|")
+                             .ints({4})
+                             .s("K")
+                             .op(Op::kTuple)
+                             .op(Op::kReduce))
                 .find("'C' or 'F'"),
             std::string::npos);
-  EXPECT_NE(call_finding(P().g("numpy.core.multiarray", "_reconstruct").g("numpy", "ndarray").ints({1}).b("b")
-                             .op(Op::kTuple3).op(Op::kReduce))
+  EXPECT_NE(call_finding(P().g("numpy.core.multiarray", "_reconstruct")
+                             .g("numpy", "ndarray")
+                             .ints({1})
+                             .b("b")
+                             .op(Op::kTuple3)
+                             .op(Op::kReduce))
                 .find("(numpy.ndarray, (0,), b'b')"),
             std::string::npos);
   // Datetime units come with version 4 of the dtype state.
   auto datetime = [](std::string_view unit, int64_t count) {
     P p;
     p.g("numpy", "dtype").s("M8").boolean(false).boolean(true).op(Op::kTuple3).op(Op::kReduce);
-    p.mark().i(4).s("<").none().none().none().i(-1).i(-1).i(0).op(Op::kEmptyDict).mark().b(unit).i(count).i(1).i(1)
-        .op(Op::kTuple).op(Op::kTuple2).op(Op::kTuple).op(Op::kBuild);
+    p.mark()
+        .i(4)
+        .s("<")
+        .none()
+        .none()
+        .none()
+        .i(-1)
+        .i(-1)
+        .i(0)
+        .op(Op::kEmptyDict)
+        .mark()
+        .b(unit)
+        .i(count)
+        .i(1)
+        .i(1)
+        .op(Op::kTuple)
+        .op(Op::kTuple2)
+        .op(Op::kTuple)
+        .op(Op::kBuild);
     return p.stop();
   };
   EXPECT_EQ(outcome(datetime("ns", 1)), "dtype('<M8[ns]')");
@@ -1235,9 +1608,10 @@ TEST(PickleVmAllowlist, NumpyArraysScalarsAndDtypes) {
 TEST(PickleVmAllowlist, BuiltinsCodecsAndNamespace) {
   EXPECT_EQ(outcome("cbuiltins\nset\n((K\x01K\x02K\x01ltR."), "set{1, 2}");
   EXPECT_EQ(outcome("cbuiltins\nfrozenset\n((ltR."), "frozenset{}");
-  EXPECT_NE(call_finding(P().g("builtins", "set").mark().op(Op::kEmptyList).op(Op::kList).op(Op::kTuple1).op(Op::kReduce))
-                .find("not hashable"),
-            std::string::npos);
+  EXPECT_NE(
+      call_finding(P().g("builtins", "set").mark().op(Op::kEmptyList).op(Op::kList).op(Op::kTuple1).op(Op::kReduce))
+          .find("not hashable"),
+      std::string::npos);
   EXPECT_NE(call_finding(P().g("builtins", "set").op(Op::kEmptyTuple).op(Op::kReduce)).find("expects one list"),
             std::string::npos);
   expect_error(parse(bytes_of("c_codecs\nencode\n(V\\u20ac\nVlatin1\ntR."), with_actions(Action::kBlock)),
@@ -1248,29 +1622,49 @@ TEST(PickleVmAllowlist, BuiltinsCodecsAndNamespace) {
                 .find("expects (str, 'latin1')"),
             std::string::npos);
   EXPECT_EQ(outcome("cbuiltins\nbytes\n)R."), "b''");
-  EXPECT_NE(call_finding(P().g("builtins", "bytes").s("a").op(Op::kTuple1).op(Op::kReduce)).find("expects no arguments"),
-            std::string::npos);
+  EXPECT_NE(
+      call_finding(P().g("builtins", "bytes").s("a").op(Op::kTuple1).op(Op::kReduce)).find("expects no arguments"),
+      std::string::npos);
   EXPECT_EQ(outcome("cbuiltins\nbytearray\n)R."), "bytearray(b'')");
   EXPECT_EQ(outcome(P().g("builtins", "bytearray").b("xy").op(Op::kTuple1).op(Op::kReduce).stop()), "bytearray(b'xy')");
   EXPECT_EQ(outcome(P().g("builtins", "bytearray").s("\xc3\xbf").s("latin-1").op(Op::kTuple2).op(Op::kReduce).stop()),
             "bytearray(b'\\xff')");
   // argparse.Namespace: NEWOBJ + BUILD (protocol 2+), copyreg._reconstructor + BUILD (protocol 0/1).
-  EXPECT_EQ(outcome(P().proto(2).g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).mark().s("lr")
-                        .raw("G\x3f\xb9\x99\x99\x99\x99\x99\x9a").s("name").s("x").op(Op::kDict).op(Op::kBuild).stop()),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("argparse", "Namespace")
+                        .op(Op::kEmptyTuple)
+                        .op(Op::kNewObj)
+                        .mark()
+                        .s("lr")
+                        .raw("G\x3f\xb9\x99\x99\x99\x99\x99\x9a")
+                        .s("name")
+                        .s("x")
+                        .op(Op::kDict)
+                        .op(Op::kBuild)
+                        .stop()),
             "Namespace{'lr': float(3fb999999999999a), 'name': 'x'}");
   EXPECT_EQ(outcome("ccopy_reg\n_reconstructor\n(cargparse\nNamespace\nc__builtin__\nobject\nNtR(dVa\nI1\nsb."),
             "Namespace{'a': 1}");
   const Policy block = with_actions(Action::kBlock);
-  expect_error(parse(bytes_of("ccopyreg\n_reconstructor\n(cargparse\nNamespace\nccollections\nOrderedDict\nNtR."), block),
-               ErrorCode::kForbidden, std::nullopt, "expects (argparse.Namespace, builtins.object, None)");
+  expect_error(
+      parse(bytes_of("ccopyreg\n_reconstructor\n(cargparse\nNamespace\nccollections\nOrderedDict\nNtR."), block),
+      ErrorCode::kForbidden, std::nullopt, "expects (argparse.Namespace, builtins.object, None)");
   expect_error(parse(P().g("argparse", "Namespace").s("a").op(Op::kTuple1).op(Op::kNewObj).stop(), block),
                ErrorCode::kForbidden, std::nullopt, "expects no arguments");
-  expect_error(parse(P().g("argparse", "Namespace").op(Op::kEmptyTuple).op(Op::kNewObj).mark().i(1).i(2).op(Op::kDict)
-                         .op(Op::kBuild).stop(),
+  expect_error(parse(P().g("argparse", "Namespace")
+                         .op(Op::kEmptyTuple)
+                         .op(Op::kNewObj)
+                         .mark()
+                         .i(1)
+                         .i(2)
+                         .op(Op::kDict)
+                         .op(Op::kBuild)
+                         .stop(),
                      block),
-               ErrorCode::kForbidden, std::nullopt, "BUILD on argparse.Namespace: the state must be a dict with str keys");
-  expect_error(parse(P().g("numpy", "ndarray").op(Op::kEmptyTuple).op(Op::kReduce).stop(), block), ErrorCode::kForbidden,
-               std::nullopt, "REDUCE numpy.ndarray: is not callable");
+               ErrorCode::kForbidden, std::nullopt,
+               "BUILD on argparse.Namespace: the state must be a dict with str keys");
+  expect_error(parse(P().g("numpy", "ndarray").op(Op::kEmptyTuple).op(Op::kReduce).stop(), block),
+               ErrorCode::kForbidden, std::nullopt, "REDUCE numpy.ndarray: is not callable");
 }
 
 TEST(PickleVmAllowlist, OperatorAllowedPairs) {
@@ -1279,20 +1673,38 @@ TEST(PickleVmAllowlist, OperatorAllowedPairs) {
   policy.operator_allowed_globals.push_back(GlobalName{"torch", "Tensor.add_"});
   EXPECT_EQ(outcome(P().g("mylib.layers", "Config").i(1).s("a").op(Op::kTuple2).op(Op::kReduce).stop(), policy),
             "call(mylib.layers.Config, (1, 'a'))");
-  EXPECT_EQ(outcome(P().proto(2).g("mylib.layers", "Config").op(Op::kEmptyTuple).op(Op::kNewObj).mark().s("k").i(1)
-                        .op(Op::kDict).op(Op::kBuild).stop(),
+  EXPECT_EQ(outcome(P().proto(2)
+                        .g("mylib.layers", "Config")
+                        .op(Op::kEmptyTuple)
+                        .op(Op::kNewObj)
+                        .mark()
+                        .s("k")
+                        .i(1)
+                        .op(Op::kDict)
+                        .op(Op::kBuild)
+                        .stop(),
                     policy),
             "call(mylib.layers.Config, (), new, state={'k': 1})");
-  EXPECT_EQ(outcome("(cmylib.layers\nConfig\nctorch\nTensor.add_\nl.", policy), "[mylib.layers.Config, torch.Tensor.add_]");
+  EXPECT_EQ(outcome("(cmylib.layers\nConfig\nctorch\nTensor.add_\nl.", policy),
+            "[mylib.layers.Config, torch.Tensor.add_]");
   // Listed exactly means exactly: neighbours stay forbidden.
-  expect_error(parse(bytes_of("cmylib.layers\nConfig2\n."), policy), ErrorCode::kForbidden, 0, "GLOBAL mylib.layers.Config2");
-  expect_error(parse(bytes_of("cmylib\nlayers.Config\n."), policy), ErrorCode::kForbidden, 0, "GLOBAL mylib.layers.Config");
+  expect_error(parse(bytes_of("cmylib.layers\nConfig2\n."), policy), ErrorCode::kForbidden, 0,
+               "GLOBAL mylib.layers.Config2");
+  expect_error(parse(bytes_of("cmylib\nlayers.Config\n."), policy), ErrorCode::kForbidden, 0,
+               "GLOBAL mylib.layers.Config");
   // Arguments still may not carry callables.
-  expect_error(parse(P().g("mylib.layers", "Config").g("collections", "OrderedDict").op(Op::kTuple1).op(Op::kReduce).stop(),
-                     policy),
-               ErrorCode::kForbidden, std::nullopt, "REDUCE of global collections.OrderedDict");
-  expect_error(parse(P().g("mylib.layers", "Config").op(Op::kEmptyTuple).op(Op::kReduce).op(Op::kEmptyDict).op(Op::kBuild)
-                         .op(Op::kEmptyDict).op(Op::kBuild).stop(),
+  expect_error(
+      parse(P().g("mylib.layers", "Config").g("collections", "OrderedDict").op(Op::kTuple1).op(Op::kReduce).stop(),
+            policy),
+      ErrorCode::kForbidden, std::nullopt, "REDUCE of global collections.OrderedDict");
+  expect_error(parse(P().g("mylib.layers", "Config")
+                         .op(Op::kEmptyTuple)
+                         .op(Op::kReduce)
+                         .op(Op::kEmptyDict)
+                         .op(Op::kBuild)
+                         .op(Op::kEmptyDict)
+                         .op(Op::kBuild)
+                         .stop(),
                      policy),
                ErrorCode::kForbidden, std::nullopt, "already built once");
 }
@@ -1507,10 +1919,10 @@ TEST(PickleVmPython, TorchArchivesShareStoragesAndRecordTheirGlobals) {
   EXPECT_NE(storage_of.at("base"), storage_of.at("long"));
   std::set<std::string> globals;
   for (const auto& name : result->globals_seen) globals.insert(name.module + "." + name.name);
-  EXPECT_EQ(globals, (std::set<std::string>{"torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor_v2",
-                                            "torch.FloatStorage", "collections.OrderedDict", "torch.Size",
-                                            "torch.float16", "torch.BFloat16Storage", "torch.LongStorage",
-                                            "torch.BoolStorage"}));
+  EXPECT_EQ(globals,
+            (std::set<std::string>{"torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor_v2",
+                                   "torch.FloatStorage", "collections.OrderedDict", "torch.Size", "torch.float16",
+                                   "torch.BFloat16Storage", "torch.LongStorage", "torch.BoolStorage"}));
   // Without the archive mode, every storage reference is a finding (blocked by default).
   expect_error(parse(mixed->data), ErrorCode::kForbidden, std::nullopt, "forbidden_persistent_id");
 }
@@ -1538,7 +1950,7 @@ TEST(PickleVmPython, LegacyFilesAreStackedPickles) {
   EXPECT_EQ(parts[0], "119547037146038801333356");  // the legacy magic number
   EXPECT_EQ(parts[1], "1001");                      // protocol version
   EXPECT_EQ(parts[3], legacy->canonical);
-  EXPECT_EQ(parts[4].front(), '[');                 // the storage keys, raw storage data follows
+  EXPECT_EQ(parts[4].front(), '[');  // the storage keys, raw storage data follows
   EXPECT_LT(offset, file.size());
 }
 

@@ -69,7 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Policy disarm;
   Policy block;
   block.forbidden_global = block.forbidden_call = block.forbidden_build = Action::kBlock;
-  for (PersistentIdMode mode : {PersistentIdMode::kNone, PersistentIdMode::kTorchArchive, PersistentIdMode::kTorchLegacy}) {
+  for (PersistentIdMode mode :
+       {PersistentIdMode::kNone, PersistentIdMode::kTorchArchive, PersistentIdMode::kTorchLegacy}) {
     PickleParseOptions options;
     options.persistent_ids = mode;
     options.allow_trailing_bytes = mode == PersistentIdMode::kTorchLegacy;  // as the legacy reader uses it
