@@ -1,5 +1,7 @@
 #include "mtd/dsse.h"
 
+#include <algorithm>
+
 #include "common/encoding.h"
 
 namespace zoogate::mtd {
@@ -55,14 +57,16 @@ Result<Envelope> parse_envelope(std::string_view text) {
 
 // Checks the OMS part of a verified statement against zoogate's files and returns them.
 Result<ArtifactManifest> manifest_of_statement(const json& statement) {
-  if (string_or_empty(statement, "_type") != kStatementType) return fail(ErrorCode::kParse, "not an in-toto Statement v1");
+  if (string_or_empty(statement, "_type") != kStatementType) {
+    return fail(ErrorCode::kParse, "not an in-toto Statement v1");
+  }
   if (string_or_empty(statement, "predicateType") != kModelSigningPredicateType) {
     return fail(ErrorCode::kParse, "predicateType is not " + std::string(kModelSigningPredicateType));
   }
   auto predicate = statement.find("predicate");
   auto subjects = statement.find("subject");
-  if (predicate == statement.end() || !predicate->is_object() || subjects == statement.end() ||
-      !subjects->is_array() || subjects->size() != 1 || !(*subjects)[0].is_object()) {
+  if (predicate == statement.end() || !predicate->is_object() || subjects == statement.end() || !subjects->is_array() ||
+      subjects->size() != 1 || !(*subjects)[0].is_object()) {
     return fail(ErrorCode::kParse, "the statement needs a predicate and exactly one subject");
   }
   auto zoogate = predicate->find("zoogate");
@@ -84,7 +88,8 @@ Result<ArtifactManifest> manifest_of_statement(const json& statement) {
     if (!resource.is_object() || string_or_empty(resource, "name") != file.path ||
         string_or_empty(resource, "algorithm") != "sha256" ||
         string_or_empty(resource, "digest") != to_hex(file.facts.sha256)) {
-      return fail(ErrorCode::kParse, "OMS resource " + std::to_string(i) + " disagrees with zoogate's file " + file.path);
+      return fail(ErrorCode::kParse,
+                  "OMS resource " + std::to_string(i) + " disagrees with zoogate's file " + file.path);
     }
     digests.push_back(file.facts.sha256);
   }
@@ -124,9 +129,10 @@ json manifest_statement(const ArtifactManifest& manifest) {
   return {{"_type", kStatementType},
           {"subject", json::array({std::move(subject)})},
           {"predicateType", kModelSigningPredicateType},
-          {"predicate", {{"serialization", std::move(serialization)},
-                         {"resources", std::move(resources)},
-                         {"zoogate", std::move(zoogate)}}}};
+          {"predicate",
+           {{"serialization", std::move(serialization)},
+            {"resources", std::move(resources)},
+            {"zoogate", std::move(zoogate)}}}};
 }
 
 Result<std::string> sign_manifest(const ArtifactManifest& manifest, const PrivateKey& key) {
@@ -138,8 +144,8 @@ Result<std::string> sign_manifest(const ArtifactManifest& manifest, const Privat
                    {"payload", to_base64(as_bytes(payload))},
                    {"signatures", json::array({{{"keyid", public_key.key_id()}, {"sig", to_base64(*signature)}}})}};
   json bundle = {{"mediaType", kSigstoreBundleMediaType},
-                 {"verificationMaterial", {{"publicKey", {{"hint", to_hex(Sha256::of(public_key.pem()))}}},
-                                           {"tlogEntries", json::array()}}},
+                 {"verificationMaterial",
+                  {{"publicKey", {{"hint", to_hex(Sha256::of(public_key.pem()))}}}, {"tlogEntries", json::array()}}},
                  {"dsseEnvelope", std::move(envelope)}};
   return canonical_json(bundle);
 }
@@ -148,14 +154,16 @@ Result<SignedManifest> open_signed_manifest(std::string_view text, const PublicK
   auto envelope = parse_envelope(text);
   if (!envelope) return tl::unexpected(envelope.error().with_context("signed manifest"));
   const std::string signed_bytes = pre_authentication_encoding(envelope->payload_type, envelope->payload);
-  bool verified = false;
-  for (const auto& signature : envelope->signatures) verified = verified || key.verify(as_bytes(signed_bytes), signature);
+  const bool verified =
+      std::any_of(envelope->signatures.begin(), envelope->signatures.end(),
+                  [&](const auto& signature) { return bool(key.verify(as_bytes(signed_bytes), signature)); });
   if (!verified) {
     return fail(ErrorCode::kIntegrity, "no signature of the manifest verifies with key " + key.key_id() +
                                            " (the manifest was changed, or signed by another key)");
   }
   if (envelope->payload_type != kInTotoPayloadType) {
-    return fail(ErrorCode::kParse, "payloadType is " + envelope->payload_type + ", not " + std::string(kInTotoPayloadType));
+    return fail(ErrorCode::kParse,
+                "payloadType is " + envelope->payload_type + ", not " + std::string(kInTotoPayloadType));
   }
   json statement = json::parse(envelope->payload, nullptr, /*allow_exceptions=*/false);
   if (statement.is_discarded() || !statement.is_object()) return fail(ErrorCode::kParse, "the payload is not JSON");

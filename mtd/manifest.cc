@@ -43,8 +43,8 @@ std::string escape_surrogates(const std::string& utf8) {
       out.push_back(utf8[i]);
       continue;
     }
-    const uint32_t code_point = 0xD000u | (static_cast<uint32_t>(utf8[i + 1]) & 0x3Fu) << 6 |
-                                (static_cast<uint32_t>(utf8[i + 2]) & 0x3Fu);
+    const uint32_t code_point =
+        0xD000u | (static_cast<uint32_t>(utf8[i + 1]) & 0x3Fu) << 6 | (static_cast<uint32_t>(utf8[i + 2]) & 0x3Fu);
     char text[8];
     std::snprintf(text, sizeof text, "\\u%04x", code_point);
     out += text;
@@ -131,7 +131,8 @@ Result<std::vector<NamedTensor>> named_tensors(const cdr::ValueTree& tree, uint6
     std::string name;
   };
   std::vector<NamedTensor> found;
-  std::unordered_map<std::string, uint64_t> name_uses;
+  std::unordered_set<std::string> taken;
+  std::unordered_map<std::string, uint64_t> next_suffixes;  // per base name
   std::unordered_set<cdr::NodeId> entered;
   std::vector<Visit> pending = {{tree.root, ""}};
   auto child_name = [](const std::string& prefix, const std::string& label) {
@@ -143,9 +144,11 @@ Result<std::vector<NamedTensor>> named_tensors(const cdr::ValueTree& tree, uint6
     cdr::NodeId node = visit.node;
     if (const auto* parameter = std::get_if<cdr::ParameterValue>(&tree.at(node))) node = parameter->tensor;
     if (std::holds_alternative<cdr::TensorValue>(tree.at(node))) {
-      std::string name = visit.name.empty() ? std::string(kRootTensorName) : visit.name;
-      uint64_t uses = ++name_uses[name];
-      if (uses > 1) name += "#" + std::to_string(uses);
+      const std::string base = visit.name.empty() ? std::string(kRootTensorName) : visit.name;
+      std::string name = base;
+      // A suffixed name can itself be a key somewhere ("a#2"): count on until the name is free.
+      uint64_t& next_suffix = next_suffixes.try_emplace(base, 2).first->second;
+      while (!taken.insert(name).second) name = base + "#" + std::to_string(next_suffix++);
       found.push_back(NamedTensor{std::move(name), node});
       if (found.size() > max_tensors) {
         return fail(ErrorCode::kLimitExceeded, "more than " + std::to_string(max_tensors) + " tensors");
@@ -156,7 +159,9 @@ Result<std::vector<NamedTensor>> named_tensors(const cdr::ValueTree& tree, uint6
     // Children are collected in pickle order, then pushed in reverse so that they pop in order.
     std::vector<Visit> children;
     auto add_pairs = [&](const std::vector<std::pair<cdr::NodeId, cdr::NodeId>>& pairs) {
-      for (const auto& [key, value] : pairs) children.push_back({value, child_name(visit.name, key_text(tree.at(key)))});
+      for (const auto& [key, value] : pairs) {
+        children.push_back({value, child_name(visit.name, key_text(tree.at(key)))});
+      }
     };
     const cdr::Value& value = tree.at(node);
     if (const auto* dict = std::get_if<cdr::DictValue>(&value)) {
@@ -339,8 +344,9 @@ Status describe_torch_archive(const ByteSource& file, const cdr::ZipDirectory& d
   // what the file says, and a description made under another policy would not match.
   if (!parsed->findings.empty()) {
     const cdr::Finding& first = parsed->findings.front();
-    return fail(ErrorCode::kForbidden, pickle_entry->name + " is not clean under the policy: " + first.construct + ": " +
-                                           first.reason + " (" + std::to_string(parsed->findings.size()) + " findings)");
+    return fail(ErrorCode::kForbidden, pickle_entry->name + " is not clean under the policy: " + first.construct +
+                                           ": " + first.reason + " (" + std::to_string(parsed->findings.size()) +
+                                           " findings)");
   }
   const cdr::ValueTree& tree = parsed->tree;
 
@@ -349,8 +355,13 @@ Status describe_torch_archive(const ByteSource& file, const cdr::ZipDirectory& d
   for (const auto& [name, node] : *named) {
     const auto& tensor = std::get<cdr::TensorValue>(tree.at(node));
     const auto& storage = std::get<cdr::StorageRefValue>(tree.at(tensor.storage));
-    TensorEntry entry{name, std::string(dtype_name(storage.type)), tensor.sizes, tensor.strides,
-                      tensor.storage_offset, prefix + "data/" + storage.key, {}};
+    TensorEntry entry{name,
+                      std::string(dtype_name(storage.type)),
+                      tensor.sizes,
+                      tensor.strides,
+                      tensor.storage_offset,
+                      prefix + "data/" + storage.key,
+                      {}};
     const cdr::ZipEntry* record = directory.find(entry.record);
     if (!record) return fail(ErrorCode::kParse, "tensor " + name + ": storage " + entry.record + " is missing");
     if (covers_whole_storage(tensor, storage.numel)) {
@@ -360,8 +371,8 @@ Status describe_torch_archive(const ByteSource& file, const cdr::ZipDirectory& d
         return fail(ErrorCode::kUnsupported, "tensor " + name + " is a view into compressed record " + entry.record);
       }
       SubSource storage_bytes(file, record->data_offset, record->size);
-      auto digest = view_digest(storage_bytes, cdr::storage_element_size(storage.type), tensor,
-                                policy.limits.max_entry_size);
+      auto digest =
+          view_digest(storage_bytes, cdr::storage_element_size(storage.type), tensor, policy.limits.max_entry_size);
       if (!digest) return tl::unexpected(digest.error().with_context("tensor " + name));
       entry.sha256 = *digest;
     }
@@ -430,7 +441,8 @@ std::string last_component(const std::string& path) {
 // ---- JSON ---------------------------------------------------------------------------------------------
 
 tl::unexpected<Error> field_error(std::string_view key, std::string_view expected) {
-  return fail(ErrorCode::kParse, "manifest field \"" + std::string(key) + "\" is missing or not " + std::string(expected));
+  return fail(ErrorCode::kParse,
+              "manifest field \"" + std::string(key) + "\" is missing or not " + std::string(expected));
 }
 
 const json* member(const json& object, std::string_view key) {
@@ -530,8 +542,12 @@ json file_to_json(const FileManifest& file) {
   }
   json tensors = json::array();
   for (const auto& tensor : facts.tensors) {
-    tensors.push_back({{"name", tensor.name},     {"dtype", tensor.dtype},   {"shape", tensor.shape},
-                       {"stride", tensor.stride}, {"offset", tensor.offset}, {"record", tensor.record},
+    tensors.push_back({{"name", tensor.name},
+                       {"dtype", tensor.dtype},
+                       {"shape", tensor.shape},
+                       {"stride", tensor.stride},
+                       {"offset", tensor.offset},
+                       {"record", tensor.record},
                        {"sha256", to_hex(tensor.sha256)}});
   }
   json architecture = {{"fingerprint", to_hex(file.architecture)}};

@@ -86,8 +86,8 @@ struct FileFacts {
 struct Provenance {
   std::optional<Digest> upstream_sha256;  // the file as upstream served it
   std::string policy_version;
-  std::string verdict;                                   // "clean" or "disarmed"; empty when not sanitized
-  nlohmann::json findings = nlohmann::json::array();     // as in the sanitize report's JSON
+  std::string verdict;                                // "clean" or "disarmed"; empty when not sanitized
+  nlohmann::json findings = nlohmann::json::array();  // as in the sanitize report's JSON
   std::string seed_id;  // names the variation seed (never the seed or its secret); empty: no variation
 };
 
@@ -102,8 +102,8 @@ struct FileManifest {
 };
 
 struct ArtifactManifest {
-  std::string name;                  // the artifact's own file or folder name (informative only)
-  std::vector<FileManifest> files;   // in resource order (see compare_resource_paths)
+  std::string name;                 // the artifact's own file or folder name (informative only)
+  std::vector<FileManifest> files;  // in resource order (see compare_resource_paths)
 };
 
 // SHA-256 over the tensors' (name, dtype, shape) sorted by name, and config.json's digest when given.

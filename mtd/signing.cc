@@ -49,6 +49,12 @@ std::string bio_text(BIO* bio) {
 // Refuses to decrypt: an encrypted key file must not make OpenSSL prompt on the terminal.
 int no_password(char*, int, int, void*) { return 0; }
 
+// A read-only memory BIO over PEM text; null for text no key file could hold.
+Bio pem_bio(std::string_view pem) {
+  if (pem.size() > kMaxKeyFileSize) return Bio(nullptr, BIO_free);
+  return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
+}
+
 Status require_p256(EVP_PKEY* key, std::string_view what) {
   char group[64] = {};
   size_t length = 0;
@@ -87,7 +93,7 @@ Result<PublicKey> PublicKey::from_key(std::shared_ptr<evp_pkey_st> key) {
 }
 
 Result<PublicKey> PublicKey::from_pem(std::string_view pem) {
-  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
+  Bio bio = pem_bio(pem);
   EVP_PKEY* key = bio ? PEM_read_bio_PUBKEY(bio.get(), nullptr, no_password, nullptr) : nullptr;
   if (!key) return fail(ErrorCode::kParse, "not a PEM public key: " + openssl_reason());
   auto owned = own(key);
@@ -134,7 +140,7 @@ Result<PrivateKey> PrivateKey::generate() {
 }
 
 Result<PrivateKey> PrivateKey::from_pem(std::string_view pem) {
-  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
+  Bio bio = pem_bio(pem);
   EVP_PKEY* key = bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr) : nullptr;
   if (!key) return fail(ErrorCode::kParse, "not an unencrypted PEM private key: " + openssl_reason());
   auto owned = own(key);

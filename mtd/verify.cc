@@ -171,8 +171,8 @@ std::string Difference::describe() const {
   return out;
 }
 
-Result<VerifyOutcome> verify_artifact(const std::string& path, std::string_view signed_manifest,
-                                      const PublicKey& key, const VerifyOptions& options) {
+Result<VerifyOutcome> verify_artifact(const std::string& path, std::string_view signed_manifest, const PublicKey& key,
+                                      const VerifyOptions& options) {
   VerifyOutcome outcome;
   auto opened = open_signed_manifest(signed_manifest, key);
   if (!opened) {

@@ -34,8 +34,8 @@
 namespace zoogate::mtd {
 
 struct Difference {
-  std::string file;      // the file's manifest path; empty for the signed manifest itself
-  std::string item;      // "manifest", "file", "record <name>", "tensor <name>", "structure", "architecture"
+  std::string file;  // the file's manifest path; empty for the signed manifest itself
+  std::string item;  // "manifest", "file", "record <name>", "tensor <name>", "structure", "architecture"
   // "signature", "malformed", "missing", "extra", "renamed", "size", "sha256", "format", "dtype",
   // "shape", "stride", "offset", "record", "globals", "records", "canonical_pickle", "fingerprint"
   std::string field;
@@ -64,7 +64,7 @@ struct VerifyOptions {
 // Errors are only for what says nothing about the artifact's integrity: `path` missing or unreadable.
 // A manifest that is malformed or does not verify with `key` is a difference ("manifest", "malformed"
 // or "signature"), reported alone since nothing in it can be trusted.
-Result<VerifyOutcome> verify_artifact(const std::string& path, std::string_view signed_manifest,
-                                      const PublicKey& key, const VerifyOptions& options = {});
+Result<VerifyOutcome> verify_artifact(const std::string& path, std::string_view signed_manifest, const PublicKey& key,
+                                      const VerifyOptions& options = {});
 
 }  // namespace zoogate::mtd

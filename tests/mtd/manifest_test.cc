@@ -76,10 +76,10 @@ TEST(Manifest, SanitizeTimeFactsEqualFactsRecomputedFromTheFile) {
   }
   EXPECT_EQ(from_file.tensors, at_sanitize->tensors);
   EXPECT_EQ(from_file.structure, at_sanitize->structure);
-  EXPECT_EQ(names_of(from_file), (std::vector<std::string>{
-                                     "model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
-                                     "model.layers.0.attn.qkv", "model.layers.0.attn.qkv_t", "model.layers.0.attn.k",
-                                     "lm_head.weight", "model.norm.running_mean"}));
+  EXPECT_EQ(names_of(from_file),
+            (std::vector<std::string>{"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
+                                      "model.layers.0.attn.qkv", "model.layers.0.attn.qkv_t", "model.layers.0.attn.k",
+                                      "lm_head.weight", "model.norm.running_mean"}));
 }
 
 TEST(Manifest, TensorEntriesRecordDtypeShapeStrideOffsetAndRecord) {
@@ -131,7 +131,7 @@ TEST(Manifest, NamesFollowNestedKeysListIndicesAndStayUnique) {
   cdr::ValueTree tree = builder.tree();
   cdr::NodeId inner = tree.root;
   // {"state_dict": <OrderedDict weight>, "layers": [weight, weight], "epoch": 3, "a.b": weight,
-  //  "a": {"b": weight}, 7: weight}
+  //  "a": {"b": weight}, 7: weight, "a.b#2": weight}
   cdr::DictValue a;
   a.items = {{tree.add(cdr::StrValue{"b"}), weight}};
   cdr::ListValue layers;
@@ -142,11 +142,13 @@ TEST(Manifest, NamesFollowNestedKeysListIndicesAndStayUnique) {
                 {tree.add(cdr::StrValue{"epoch"}), tree.add(cdr::IntValue{3, ""})},
                 {tree.add(cdr::StrValue{"a.b"}), weight},
                 {tree.add(cdr::StrValue{"a"}), tree.add(std::move(a))},
-                {tree.add(cdr::IntValue{7, ""}), weight}};
+                {tree.add(cdr::IntValue{7, ""}), weight},
+                {tree.add(cdr::StrValue{"a.b#2"}), weight}};
   tree.root = tree.add(std::move(root));
   Sanitized sanitized = sanitize_bytes(archive_of(tree));
   FileFacts facts = facts_of_file(sanitized.output);
-  EXPECT_EQ(names_of(facts), (std::vector<std::string>{"state_dict.weight", "layers.0", "layers.1", "a.b", "a.b#2", "7"}));
+  EXPECT_EQ(names_of(facts),
+            (std::vector<std::string>{"state_dict.weight", "layers.0", "layers.1", "a.b", "a.b#2", "7", "a.b#2#2"}));
 }
 
 TEST(Manifest, ArchitectureFingerprintSurvivesLayoutVariationAndWeightPermutation) {

@@ -124,7 +124,8 @@ TEST(Signing, MalformedAndEncryptedKeysAreParseErrorsWithoutPrompting) {
   EVP_PKEY* raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
   BIO* bio = BIO_new(BIO_s_mem());
   const char password[] = "secret";
-  ASSERT_EQ(PEM_write_bio_PKCS8PrivateKey(bio, raw, EVP_aes_256_cbc(), password, sizeof password - 1, nullptr, nullptr), 1);
+  ASSERT_EQ(PEM_write_bio_PKCS8PrivateKey(bio, raw, EVP_aes_256_cbc(), password, sizeof password - 1, nullptr, nullptr),
+            1);
   char* data = nullptr;
   long length = BIO_get_mem_data(bio, &data);
   auto encrypted = PrivateKey::from_pem(std::string(data, static_cast<size_t>(length)));

@@ -34,9 +34,11 @@ struct Tweak {
   bool extra_key = false;  // a non-tensor entry at the root: a pickle-level change only
 };
 
-const std::vector<std::pair<std::string, std::vector<int64_t>>> kTensors = {
-    {"model.embed.weight", {4, 3}}, {"model.layers.0.weight", {3, 3}}, {"model.layers.0.bias", {3}},
-    {"model.layers.1.weight", {3, 3}}, {"lm_head.weight", {2, 3}}};
+const std::vector<std::pair<std::string, std::vector<int64_t>>> kTensors = {{"model.embed.weight", {4, 3}},
+                                                                            {"model.layers.0.weight", {3, 3}},
+                                                                            {"model.layers.0.bias", {3}},
+                                                                            {"model.layers.1.weight", {3, 3}},
+                                                                            {"lm_head.weight", {2, 3}}};
 
 cdr::ValueTree model(const Tweak& tweak = {}) {
   StateDictBuilder builder;
@@ -50,9 +52,8 @@ cdr::ValueTree model(const Tweak& tweak = {}) {
   if (tweak.added) builder.add("model.layers.2.weight", {3, 3});
   cdr::ValueTree tree = builder.tree();
   auto& root = std::get<cdr::OrderedDictValue>(tree.at(tree.root));
-  std::erase_if(root.items, [&](const auto& item) {
-    return std::get<cdr::StrValue>(tree.at(item.first)).utf8 == tweak.dropped;
-  });
+  std::erase_if(root.items,
+                [&](const auto& item) { return std::get<cdr::StrValue>(tree.at(item.first)).utf8 == tweak.dropped; });
   if (tweak.extra_key) root.items.emplace_back(tree.add(cdr::StrValue{"epoch"}), tree.add(cdr::IntValue{3, ""}));
   return tree;
 }
@@ -105,8 +106,9 @@ class VerifyTest : public ::testing::Test {
 };
 
 bool names(const VerifyOutcome& outcome, const std::string& item, const std::string& field) {
-  return std::any_of(outcome.differences.begin(), outcome.differences.end(),
-                     [&](const Difference& difference) { return difference.item == item && difference.field == field; });
+  return std::any_of(outcome.differences.begin(), outcome.differences.end(), [&](const Difference& difference) {
+    return difference.item == item && difference.field == field;
+  });
 }
 
 std::string all_of(const VerifyOutcome& outcome) {
@@ -136,9 +138,9 @@ TEST_F(VerifyTest, OneFlippedBitNamesTheTensorItLandedIn) {
     std::string tensor;
     bool last_byte;
   };
-  for (const Case& flip : {Case{"model.embed.weight", false}, Case{"model.embed.weight", true},
-                           Case{"model.layers.0.bias", false}, Case{"model.layers.1.weight", true},
-                           Case{"lm_head.weight", false}, Case{"lm_head.weight", true}}) {
+  for (const Case& flip :
+       {Case{"model.embed.weight", false}, Case{"model.embed.weight", true}, Case{"model.layers.0.bias", false},
+        Case{"model.layers.1.weight", true}, Case{"lm_head.weight", false}, Case{"lm_head.weight", true}}) {
     const TensorEntry& tensor = signed_tensor(flip.tensor);
     cdr::ZipEntry record = entry_named(original_.output, tensor.record);
     flip_bit(record.data_offset + (flip.last_byte ? record.size - 1 : 0));
@@ -283,24 +285,24 @@ TEST(VerifyFolder, EachFileIsCheckedAndMissingOrExtraFilesAreNamed) {
 
   folder.write("snapshot/config.json", R"({"model_type": "llama", "auto_map": "evil.Model"})");
   VerifyOutcome config_changed = check();
-  EXPECT_TRUE(std::any_of(config_changed.differences.begin(), config_changed.differences.end(), [](const Difference& d) {
-    return d.file == "config.json" && d.field == "sha256";
-  })) << all_of(config_changed);
-  EXPECT_TRUE(std::any_of(config_changed.differences.begin(), config_changed.differences.end(), [](const Difference& d) {
-    return d.file == "model.pt" && d.item == "architecture";
-  })) << all_of(config_changed);
+  EXPECT_TRUE(std::any_of(config_changed.differences.begin(), config_changed.differences.end(),
+                          [](const Difference& d) { return d.file == "config.json" && d.field == "sha256"; }))
+      << all_of(config_changed);
+  EXPECT_TRUE(std::any_of(config_changed.differences.begin(), config_changed.differences.end(),
+                          [](const Difference& d) { return d.file == "model.pt" && d.item == "architecture"; }))
+      << all_of(config_changed);
   folder.write("snapshot/config.json", R"({"model_type": "llama"})");
 
   std::filesystem::remove(folder.path() / "snapshot/tokenizer/vocab.txt");
   folder.write("snapshot/extra.py", "import os");
   VerifyOutcome changed = check();
-  EXPECT_EQ(changed.differences,
-            (std::vector<Difference>{Difference{"tokenizer/vocab.txt", "file", "missing",
-                                                to_hex(Sha256::of(std::string_view("a\nb\n"))), ""},
-                                     Difference{"extra.py", "file", "extra", "",
-                                                to_hex(Sha256::of(std::string_view("import os")))}}));
-  EXPECT_EQ(changed.differences[0].describe(), "tokenizer/vocab.txt: file: missing (signed " +
-                                                   to_hex(Sha256::of(std::string_view("a\nb\n"))) + ")");
+  EXPECT_EQ(
+      changed.differences,
+      (std::vector<Difference>{
+          Difference{"tokenizer/vocab.txt", "file", "missing", to_hex(Sha256::of(std::string_view("a\nb\n"))), ""},
+          Difference{"extra.py", "file", "extra", "", to_hex(Sha256::of(std::string_view("import os")))}}));
+  EXPECT_EQ(changed.differences[0].describe(),
+            "tokenizer/vocab.txt: file: missing (signed " + to_hex(Sha256::of(std::string_view("a\nb\n"))) + ")");
 }
 
 }  // namespace
