@@ -393,7 +393,24 @@ Result<NodeId> PickleMachine::numpy_scalar(const CallSite& site) {
   if (data->data.size() != numpy_itemsize(dtype.descr)) {
     return bad_call(site, "the data is not one element of dtype " + dtype.descr);
   }
-  return add(NumpyScalarValue{argv[0], data->data}, 1);
+  NumpyScalarValue scalar{argv[0], data->data};
+  to_native_byte_order(scalar.dtype, scalar.data);
+  return add(std::move(scalar), 1);
+}
+
+void PickleMachine::to_native_byte_order(NodeId& dtype, std::string& data) {
+  // numpy restores big-endian scalars, and arrays through _reconstruct, in native (little-endian)
+  // order: the tree holds what numpy returns, so that the rewritten file loads the same.
+  const std::string descr = std::get<NumpyDtypeValue>(tree_.nodes[dtype]).descr;  // a copy: add() may move nodes
+  if (!descr.starts_with('>')) return;
+  const uint64_t itemsize = numpy_itemsize(descr);
+  // A complex number is two floats, each swapped on its own.
+  const uint64_t unit = descr[1] == 'c' ? itemsize / 2 : itemsize;
+  for (uint64_t start = 0; start + unit <= data.size(); start += unit) {
+    std::reverse(data.begin() + static_cast<std::ptrdiff_t>(start),
+                 data.begin() + static_cast<std::ptrdiff_t>(start + unit));
+  }
+  dtype = add(NumpyDtypeValue{"<" + descr.substr(1)}, 1);
 }
 
 Result<NodeId> PickleMachine::numpy_frombuffer(const CallSite& site) {
@@ -547,6 +564,7 @@ Result<NodeId> PickleMachine::build_numpy_array(NodeId target, NodeId state) {
     return forbid(FindingKind::kForbiddenBuild, construct, "the data length does not match shape and dtype");
   }
   NumpyArrayValue array{items[2], std::move(shape), *fortran, data->data};
+  to_native_byte_order(array.dtype, array.data);
   tree_.nodes[target] = std::move(array);
   meta_[target] = NodeMeta{1, GlobalKind::kNone, kBuilt};
   return target;

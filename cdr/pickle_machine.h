@@ -331,6 +331,8 @@ class PickleMachine {
   Result<NodeId> operator_call(const CallSite& site);
   Status build();
   Result<NodeId> build_on(NodeId target, NodeId state);
+  // Byte-swaps big-endian numpy data to native order and points `dtype` at a native dtype node.
+  void to_native_byte_order(NodeId& dtype, std::string& data);
   Result<NodeId> build_numpy_array(NodeId target, NodeId state);
   Result<NodeId> build_numpy_dtype(NodeId target, NodeId state);
   Result<NodeId> persistent_id(NodeId pid);

@@ -399,7 +399,9 @@ class RandomTreeGenerator {
 
   NodeId numpy_value(int depth) {
     NodeId type = dtype(depth + 1);
-    if (chance(40)) return add(NumpyScalarValue{type, raw_bytes(itemsize(type))}, depth);
+    // numpy only ever returns scalars in native byte order, so the tree never holds a big-endian one.
+    const bool big_endian = std::get<NumpyDtypeValue>(tree_.at(type)).descr.starts_with('>');
+    if (!big_endian && chance(40)) return add(NumpyScalarValue{type, raw_bytes(itemsize(type))}, depth);
     NumpyArrayValue array{type, {}, chance(30), {}};
     uint64_t elements = 1;
     for (uint64_t i = below(4); i > 0; --i) {
