@@ -11,14 +11,10 @@
 #include <string_view>
 
 #include "cdr/value.h"
+#include "common/encoding.h"
 #include "common/error.h"
 
 namespace zoogate::cdr {
-
-// True when `bytes` is UTF-8 as Python decodes it: with `allow_surrogates`, lone surrogates encoded as
-// three bytes are accepted ("surrogatepass", what BINUNICODE carries); overlong forms and code points
-// above U+10FFFF never are.
-bool is_valid_utf8(std::string_view bytes, bool allow_surrogates);
 
 // Appends code point `cp` (at most U+10FFFF; surrogates allowed) as UTF-8 to `out`.
 void append_utf8(std::string& out, uint32_t cp);

@@ -1,5 +1,6 @@
 #include "cdr/pickle_writer.h"
 
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "common/checked.h"
+#include "common/encoding.h"
 
 // How each node kind is written. "M" marks where the node's memo entry goes when it is referenced
 // again; nodes without an explicit M get theirs once they are complete. GLOBALs and strs that the
@@ -116,45 +118,6 @@ tl::unexpected<Error> invalid_node(NodeId id, const Value& value, std::string_vi
 bool is_python_singleton(const Value& value) {
   if (const auto* tuple = std::get_if<TupleValue>(&value)) return tuple->items.empty();
   return std::holds_alternative<NoneValue>(value) || std::holds_alternative<bool>(value);
-}
-
-// True when `text` is well-formed UTF-8 (shortest forms only, nothing above U+10FFFF) that may encode
-// surrogates (U+D800-U+DFFF) only when `allow_surrogates`: the unpickler decodes BINUNICODE with
-// Python's "surrogatepass" handler and GLOBAL names strictly.
-bool is_utf8(std::string_view text, bool allow_surrogates) {
-  static constexpr std::array<uint32_t, 5> kSmallestOfLength = {0, 0, 0x80, 0x800, 0x10000};
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<uint8_t>(text[i]);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length = 0;
-    uint32_t code_point = 0;
-    if (lead >= 0xc2 && lead <= 0xdf) {
-      length = 2;
-      code_point = lead & 0x1fu;
-    } else if (lead >= 0xe0 && lead <= 0xef) {
-      length = 3;
-      code_point = lead & 0x0fu;
-    } else if (lead >= 0xf0 && lead <= 0xf4) {
-      length = 4;
-      code_point = lead & 0x07u;
-    } else {
-      return false;
-    }
-    if (text.size() - i < length) return false;
-    for (size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<uint8_t>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return false;
-      code_point = (code_point << 6) | (next & 0x3fu);
-    }
-    if (code_point < kSmallestOfLength[length] || code_point > 0x10ffff) return false;
-    if (!allow_surrogates && code_point >= 0xd800 && code_point <= 0xdfff) return false;
-    i += length;
-  }
-  return true;
 }
 
 // True when `last`, the most significant byte of a little-endian two's-complement number, only
@@ -804,7 +767,7 @@ class PickleWriter {
   Status begin(NodeId id, const GlobalValue& global) {
     for (std::string_view part : {std::string_view(global.module), std::string_view(global.name)}) {
       // A newline would end the GLOBAL operand early and let the rest be read as opcodes.
-      if (part.empty() || part.find('\n') != std::string_view::npos || !is_utf8(part, false)) {
+      if (part.empty() || part.find('\n') != std::string_view::npos || !is_valid_utf8(part, false)) {
         return invalid_node(id, tree_.nodes[id], "module and name must be non-empty UTF-8 without newlines");
       }
     }
@@ -1026,7 +989,7 @@ class PickleWriter {
 
   // Text from the tree must be what BINUNICODE can carry and Python can decode.
   Status check_str(NodeId id, std::string_view text) {
-    if (!is_utf8(text, true)) return invalid_node(id, tree_.nodes[id], "text is not valid UTF-8");
+    if (!is_valid_utf8(text, true)) return invalid_node(id, tree_.nodes[id], "text is not valid UTF-8");
     if (text.size() > std::numeric_limits<uint32_t>::max()) {
       return fail(ErrorCode::kUnsupported, "pickle writer: str of more than 4 GiB needs protocol 4");
     }

@@ -12,6 +12,7 @@
 
 #include "cdr/message_text.h"
 #include "common/checked.h"
+#include "common/encoding.h"
 
 namespace zoogate::cdr {
 namespace {
@@ -42,42 +43,6 @@ constexpr std::array kDtypes = {
 };
 
 const DtypeInfo& info_of(SafetensorsDtype dtype) { return kDtypes[static_cast<size_t>(dtype)]; }
-
-// RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF.
-bool is_valid_utf8(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<uint8_t>(text[i]);
-    size_t continuation = 0;
-    uint8_t second_min = 0x80;
-    uint8_t second_max = 0xBF;
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    } else if (lead >= 0xC2 && lead <= 0xDF) {
-      continuation = 1;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      continuation = 2;
-      if (lead == 0xE0) second_min = 0xA0;
-      if (lead == 0xED) second_max = 0x9F;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      continuation = 3;
-      if (lead == 0xF0) second_min = 0x90;
-      if (lead == 0xF4) second_max = 0x8F;
-    } else {
-      return false;
-    }
-    if (text.size() - i <= continuation) return false;
-    for (size_t k = 1; k <= continuation; ++k) {
-      const auto byte = static_cast<uint8_t>(text[i + k]);
-      const uint8_t min = k == 1 ? second_min : uint8_t{0x80};
-      const uint8_t max = k == 1 ? second_max : uint8_t{0xBF};
-      if (byte < min || byte > max) return false;
-    }
-    i += continuation + 1;
-  }
-  return true;
-}
 
 // ---- Parsing -----------------------------------------------------------------------------------
 

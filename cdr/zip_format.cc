@@ -9,6 +9,8 @@
 #include <immintrin.h>
 #endif
 
+#include "common/encoding.h"
+
 namespace zoogate::cdr::zip {
 namespace {
 
@@ -112,40 +114,8 @@ uint32_t crc32_update(uint32_t crc, std::span<const uint8_t> bytes) {
     bytes = bytes.subspan(folded);
   }
 #endif
-  return zlib_crc32(crc, bytes);
-}
 
-bool is_valid_utf8(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    auto lead = static_cast<uint8_t>(text[i]);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length = 0;
-    uint32_t code_point = 0;
-    uint32_t min_code_point = 0;
-    if ((lead & 0xE0) == 0xC0) {
-      length = 2, code_point = lead & 0x1Fu, min_code_point = 0x80;
-    } else if ((lead & 0xF0) == 0xE0) {
-      length = 3, code_point = lead & 0x0Fu, min_code_point = 0x800;
-    } else if ((lead & 0xF8) == 0xF0) {
-      length = 4, code_point = lead & 0x07u, min_code_point = 0x10000;
-    } else {
-      return false;  // continuation byte without a lead, or a 5/6-byte form
-    }
-    if (text.size() - i < length) return false;
-    for (size_t k = 1; k < length; ++k) {
-      auto next = static_cast<uint8_t>(text[i + k]);
-      if ((next & 0xC0) != 0x80) return false;
-      code_point = (code_point << 6) | (next & 0x3Fu);
-    }
-    if (code_point < min_code_point || code_point > 0x10FFFF) return false;
-    if (code_point >= 0xD800 && code_point <= 0xDFFF) return false;
-    i += length;
-  }
-  return true;
+  return zlib_crc32(crc, bytes);
 }
 
 Status EntryNames::add(std::string_view name) {

@@ -129,7 +129,5 @@ class EntryNames {
   std::unordered_map<std::string, size_t> by_folded_name_;
 };
 
-// True when `text` is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF).
-bool is_valid_utf8(std::string_view text);
 
 }  // namespace zoogate::cdr::zip

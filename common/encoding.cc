@@ -1,8 +1,13 @@
 #include "common/encoding.h"
 
+#include <cstring>
+
 #include <openssl/evp.h>
 
 namespace zoogate {
+namespace {
+constexpr uint32_t kMaxCodePoint = 0x10FFFF;
+}  // namespace
 
 std::string to_hex(std::span<const uint8_t> bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -31,6 +36,50 @@ std::optional<std::vector<uint8_t>> from_hex(std::string_view hex) {
     out[i] = static_cast<uint8_t>(high << 4 | low);
   }
   return out;
+}
+
+bool is_valid_utf8(std::string_view bytes, bool allow_surrogates) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint8_t* end = p + bytes.size();
+  while (p < end) {
+    // ASCII runs (the common case) eight bytes at a time.
+    if (end - p >= 8) {
+      uint64_t word = 0;
+      std::memcpy(&word, p, sizeof word);
+      if ((word & 0x8080808080808080ull) == 0) {
+        p += 8;
+        continue;
+      }
+    }
+    uint8_t lead = *p;
+    if (lead < 0x80) {
+      ++p;
+      continue;
+    }
+    int length = 0;
+    uint32_t cp = 0;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+      cp = lead & 0x1F;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      cp = lead & 0x0F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      cp = lead & 0x07;
+    } else {
+      return false;  // continuation byte, overlong 2-byte lead, or beyond U+10FFFF
+    }
+    if (end - p < length) return false;
+    for (int i = 1; i < length; ++i) {
+      if ((p[i] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((length == 3 && cp < 0x800) || (length == 4 && (cp < 0x10000 || cp > kMaxCodePoint))) return false;
+    if (!allow_surrogates && cp >= 0xD800 && cp <= 0xDFFF) return false;
+    p += length;
+  }
+  return true;
 }
 
 std::string to_base64(std::span<const uint8_t> bytes) {

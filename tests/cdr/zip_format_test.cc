@@ -50,20 +50,5 @@ TEST(ZipCrc32, ContinuesAcrossPiecesOfAnySize) {
   EXPECT_EQ(crc32_update(0, ones), zlib_reference(0, ones));
 }
 
-TEST(ZipUtf8, AcceptsWellFormedAndRefusesEverythingElse) {
-  EXPECT_TRUE(is_valid_utf8(""));
-  EXPECT_TRUE(is_valid_utf8("plain"));
-  EXPECT_TRUE(is_valid_utf8("\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80"));  // é € 😀
-  EXPECT_TRUE(is_valid_utf8("\xF4\x8F\xBF\xBF"));                      // U+10FFFF
-  EXPECT_FALSE(is_valid_utf8("\x80"));                                  // lone continuation byte
-  EXPECT_FALSE(is_valid_utf8("\xC3"));                                  // truncated
-  EXPECT_FALSE(is_valid_utf8("\xC0\xAF"));                              // overlong '/'
-  EXPECT_FALSE(is_valid_utf8("\xE0\x80\xAF"));                          // overlong '/'
-  EXPECT_FALSE(is_valid_utf8("\xED\xA0\x80"));                          // surrogate U+D800
-  EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));                      // past U+10FFFF
-  EXPECT_FALSE(is_valid_utf8("\xF8\x88\x80\x80\x80"));                  // 5-byte form
-  EXPECT_FALSE(is_valid_utf8("\xC3\x28"));                              // bad continuation
-}
-
 }  // namespace
 }  // namespace zoogate::cdr::zip
