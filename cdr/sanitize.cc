@@ -643,8 +643,7 @@ class StridedViewSource final : public ByteSource {
   StridedViewSource(const ByteSource& storage, uint64_t element_size, const TensorValue& tensor)
       : storage_(storage), element_size_(element_size), sizes_(tensor.sizes), strides_(tensor.strides),
         storage_offset_(tensor.storage_offset) {
-    elements_ = 1;
-    for (int64_t size : sizes_) elements_ *= static_cast<uint64_t>(size);
+    elements_ = element_count(tensor);
   }
   uint64_t size() const override { return elements_ * element_size_; }
 
@@ -673,17 +672,8 @@ class StridedViewSource final : public ByteSource {
   std::vector<int64_t> sizes_;
   std::vector<int64_t> strides_;
   uint64_t storage_offset_;
-  uint64_t elements_ = 1;
+  uint64_t elements_;
 };
-
-bool is_c_contiguous(const TensorValue& tensor) {
-  int64_t expected = 1;
-  for (size_t dim = tensor.sizes.size(); dim-- > 0;) {
-    if (tensor.sizes[dim] != 1 && tensor.strides[dim] != expected) return false;
-    expected *= tensor.sizes[dim];
-  }
-  return true;
-}
 
 std::optional<SafetensorsDtype> safetensors_dtype_for(StorageType type) {
   switch (type) {

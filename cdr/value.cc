@@ -170,6 +170,21 @@ std::vector<NodeId> reachable_nodes(const ValueTree& tree) {
   return order;
 }
 
+bool is_c_contiguous(const TensorValue& tensor) {
+  int64_t expected = 1;
+  for (size_t dim = tensor.sizes.size(); dim-- > 0;) {
+    if (tensor.sizes[dim] != 1 && tensor.strides[dim] != expected) return false;
+    expected *= tensor.sizes[dim];
+  }
+  return true;
+}
+
+uint64_t element_count(const TensorValue& tensor) {
+  uint64_t count = 1;
+  for (int64_t size : tensor.sizes) count *= static_cast<uint64_t>(size);
+  return count;
+}
+
 const char* storage_type_name(StorageType type) { return info(type).name; }
 
 uint64_t storage_element_size(StorageType type) { return info(type).element_size; }

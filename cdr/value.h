@@ -228,6 +228,12 @@ std::vector<NodeId> reachable_nodes(const ValueTree& tree);
 // cycles. Node numbering and unreachable nodes do not matter.
 bool structurally_equal(const ValueTree& a, const ValueTree& b);
 
+// True when the tensor's strides are those of a C-contiguous (row-major) array of its sizes; a
+// dimension of size 1 may have any stride.
+bool is_c_contiguous(const TensorValue& tensor);
+// Product of the sizes (1 for a 0-d tensor). The pickle VM has checked that it does not overflow.
+uint64_t element_count(const TensorValue& tensor);
+
 // Name of a storage type as in torch.<Name>Storage, its element size in bytes, and the reverse lookup.
 const char* storage_type_name(StorageType type);
 uint64_t storage_element_size(StorageType type);

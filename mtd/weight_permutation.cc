@@ -327,14 +327,7 @@ bool is_float(cdr::StorageType type) {
 // the strides of a C-contiguous array (a dimension of size 1 may have any stride), and as many
 // elements as the storage holds. Only then is a rewrite of the storage a rewrite of the tensor.
 bool covers_storage_in_c_order(const TensorValue& tensor, const StorageInfo& storage) {
-  if (tensor.storage_offset != 0) return false;
-  uint64_t expected_stride = 1;
-  for (size_t dim = tensor.sizes.size(); dim-- > 0;) {
-    const auto size = static_cast<uint64_t>(tensor.sizes[dim]);
-    if (size != 1 && static_cast<uint64_t>(tensor.strides[dim]) != expected_stride) return false;
-    expected_stride *= size;  // cannot overflow: the pickle VM checked that the tensor fits its storage
-  }
-  return expected_stride == storage.numel;
+  return tensor.storage_offset == 0 && cdr::is_c_contiguous(tensor) && cdr::element_count(tensor) == storage.numel;
 }
 
 // Why a tensor cannot be rewritten through its storage with `expected_sizes`, or nullopt if it can.

@@ -73,3 +73,22 @@ TEST(ReachableNodes, PreOrderEachOnceSkippingUnreachable) {
 
 }  // namespace
 }  // namespace zoogate::cdr
+
+namespace zoogate::cdr {
+namespace {
+
+TEST(TensorLayout, ContiguityIgnoresUnitDimensionsAndCountsElements) {
+  TensorValue row_major{0, 0, {2, 3}, {3, 1}, false, false, std::nullopt};
+  TensorValue transposed{0, 0, {3, 2}, {1, 3}, false, false, std::nullopt};
+  TensorValue unit_dimension{0, 0, {2, 1, 3}, {3, 99, 1}, false, false, std::nullopt};
+  TensorValue scalar{0, 0, {}, {}, false, false, std::nullopt};
+  EXPECT_TRUE(is_c_contiguous(row_major));
+  EXPECT_FALSE(is_c_contiguous(transposed));
+  EXPECT_TRUE(is_c_contiguous(unit_dimension));
+  EXPECT_TRUE(is_c_contiguous(scalar));
+  EXPECT_EQ(element_count(row_major), 6u);
+  EXPECT_EQ(element_count(scalar), 1u);
+}
+
+}  // namespace
+}  // namespace zoogate::cdr
