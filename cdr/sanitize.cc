@@ -493,6 +493,31 @@ Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSi
   return record_hash_.finish();
 }
 
+// gathered[j] = slab[source_index[j]] for slices of `width` bytes. Column permutations have slices of a
+// single element, so the common element widths get a loop the compiler can keep in registers.
+template <typename Element>
+void gather_elements(std::span<const uint8_t> slab, const std::vector<uint32_t>& source_index, uint8_t* out) {
+  for (size_t j = 0; j < source_index.size(); ++j) {
+    Element element;
+    std::memcpy(&element, slab.data() + size_t{source_index[j]} * sizeof(Element), sizeof(Element));
+    std::memcpy(out + j * sizeof(Element), &element, sizeof(Element));
+  }
+}
+
+void gather_slices(std::span<const uint8_t> slab, const std::vector<uint32_t>& source_index, uint64_t width,
+                   std::vector<uint8_t>& gathered) {
+  switch (width) {
+    case 1: return gather_elements<uint8_t>(slab, source_index, gathered.data());
+    case 2: return gather_elements<uint16_t>(slab, source_index, gathered.data());
+    case 4: return gather_elements<uint32_t>(slab, source_index, gathered.data());
+    case 8: return gather_elements<uint64_t>(slab, source_index, gathered.data());
+    default:
+      for (size_t j = 0; j < source_index.size(); ++j) {
+        std::memcpy(gathered.data() + j * width, slab.data() + source_index[j] * width, width);
+      }
+  }
+}
+
 Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
                                                         uint64_t element_size, ByteSink& sink) {
   // The storage is [outer, shape[axis], inner] elements; each outer slab is read whole, its slices
@@ -511,9 +536,7 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
   Sha256 hash;
   for (uint64_t block = 0; block < outer; ++block) {
     ZG_TRY(reader->read_exact(slab));
-    for (uint64_t slice = 0; slice < slices; ++slice) {
-      std::memcpy(gathered.data() + slice * inner, slab.data() + rewrite.source_index[slice] * inner, inner);
-    }
+    gather_slices(slab, rewrite.source_index, inner, gathered);
     hash.update(gathered);
     ZG_TRY(sink.write(gathered));
   }
@@ -910,11 +933,15 @@ SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const San
                         ByteSink& output) {
   SanitizeReport report;
   report.input_size = input.size();
-  // The input digest is computed on a second thread while the engine works on the first.
-  auto input_digest = std::async(std::launch::async, [&input] { return Sha256::of_range(input, 0, input.size()); });
+  // Unless the caller already knows it, the input digest is computed on a second thread while the
+  // engine works on the first.
+  std::future<Result<Sha256::Digest>> input_digest;
+  if (!options.known_input_sha256) {
+    input_digest = std::async(std::launch::async, [&input] { return Sha256::of_range(input, 0, input.size()); });
+  }
   Sanitizer sanitizer(input, policy, options, report);
   Status status = sanitizer.run(output);
-  auto digest = input_digest.get();
+  Result<Sha256::Digest> digest = options.known_input_sha256 ? *options.known_input_sha256 : input_digest.get();
   if (digest) {
     report.input_sha256 = *digest;
   } else if (status) {

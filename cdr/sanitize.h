@@ -75,6 +75,9 @@ struct SanitizeOptions {
   OutputFormat format = OutputFormat::kNative;
   // Layout of rebuilt PyTorch archives; null gives the canonical layout. Not owned.
   const LayoutPlanner* layout = nullptr;
+  // The input's SHA-256 when the caller has already computed it (to key a variant, or while
+  // receiving the file): reported as is instead of hashing the input once more.
+  std::optional<Sha256::Digest> known_input_sha256;
 };
 
 // One record of the written file: a tensor storage, a pickle, or a metadata record.

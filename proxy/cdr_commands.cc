@@ -100,7 +100,7 @@ void add_sanitize_command(CLI::App& app, int& exit_code) {
 
     cdr::SanitizeOptions options;
     options.format = *format == "safetensors" ? cdr::OutputFormat::kSafetensors : cdr::OutputFormat::kNative;
-    options.layout = layout_of(*mtd);
+    apply_mtd_options(*mtd, options);
     cdr::SanitizeReport report = cdr::sanitize(**source, *policy, options, **sink);
     if (report.verdict != cdr::Verdict::kBlocked) {
       if (auto committed = (*sink)->commit(); !committed) return void(exit_code = fail_with(committed.error()));

@@ -16,7 +16,7 @@ class ByteSource;
 namespace zoogate::cdr {
 struct Policy;
 struct SanitizeReport;
-class LayoutPlanner;
+struct SanitizeOptions;
 }  // namespace zoogate::cdr
 
 namespace zoogate::cli {
@@ -48,8 +48,8 @@ std::shared_ptr<MtdOptions> add_mtd_options(CLI::App& command);
 // Loads the signing key and builds the variation for `input`, so that a bad key or secret fails
 // before any output is written.
 Status prepare_mtd_options(MtdOptions& options, const ByteSource& input);
-// The layout planner for SanitizeOptions::layout: the variation, or null for the canonical layout.
-const cdr::LayoutPlanner* layout_of(const MtdOptions& options);
+// Puts the variation (or the canonical layout) and the input digest it was keyed with into `sanitize`.
+void apply_mtd_options(const MtdOptions& options, cdr::SanitizeOptions& sanitize);
 // After a sanitize run that wrote `output_path`: when --sign was given and the file was not blocked,
 // builds the file's manifest (provenance: the input's digest as upstream digest, the policy, the
 // verdict and findings, the variant's seed id), signs it and writes it to the --manifest file.

@@ -37,6 +37,7 @@ struct MtdOptions {
   // Set by prepare_mtd_options.
   std::optional<mtd::PrivateKey> key;
   std::unique_ptr<mtd::LayoutVariation> variation;
+  std::optional<Sha256::Digest> input_sha256;  // hashed to key the variation
 };
 
 namespace {
@@ -154,10 +155,14 @@ Status prepare_mtd_options(MtdOptions& options, const ByteSource& input) {
                                                               std::move(*model_config)});
   if (!variation) return tl::unexpected(variation.error());
   options.variation = std::move(*variation);
+  options.input_sha256 = *digest;
   return {};
 }
 
-const cdr::LayoutPlanner* layout_of(const MtdOptions& options) { return options.variation.get(); }
+void apply_mtd_options(const MtdOptions& options, cdr::SanitizeOptions& sanitize) {
+  sanitize.layout = options.variation.get();
+  sanitize.known_input_sha256 = options.input_sha256;
+}
 
 Status write_signed_manifest(const MtdOptions& signing, const cdr::SanitizeReport& report,
                              const cdr::Policy& policy, const std::string& output_path) {
