@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "cdr/pickle_opcodes.h"
 #include "common/checked.h"
 #include "common/encoding.h"
 
@@ -55,40 +56,7 @@
 namespace zoogate::cdr {
 namespace {
 
-// Opcodes, named as in CPython's pickletools.
-constexpr uint8_t kProto = 0x80;
-constexpr uint8_t kStop = '.';
-constexpr uint8_t kNone = 'N';
-constexpr uint8_t kNewTrue = 0x88;
-constexpr uint8_t kNewFalse = 0x89;
-constexpr uint8_t kBinInt = 'J';
-constexpr uint8_t kBinInt1 = 'K';
-constexpr uint8_t kBinInt2 = 'M';
-constexpr uint8_t kLong1 = 0x8a;
-constexpr uint8_t kLong4 = 0x8b;
-constexpr uint8_t kBinFloat = 'G';
-constexpr uint8_t kBinUnicode = 'X';
-constexpr uint8_t kGlobal = 'c';
-constexpr uint8_t kReduce = 'R';
-constexpr uint8_t kNewObj = 0x81;
-constexpr uint8_t kBuild = 'b';
-constexpr uint8_t kMark = '(';
-constexpr uint8_t kTuple = 't';
-constexpr uint8_t kTuple1 = 0x85;
-constexpr uint8_t kTuple2 = 0x86;
-constexpr uint8_t kTuple3 = 0x87;
-constexpr uint8_t kEmptyTuple = ')';
-constexpr uint8_t kEmptyList = ']';
-constexpr uint8_t kEmptyDict = '}';
-constexpr uint8_t kAppend = 'a';
-constexpr uint8_t kAppends = 'e';
-constexpr uint8_t kSetItem = 's';
-constexpr uint8_t kSetItems = 'u';
-constexpr uint8_t kBinPersId = 'Q';
-constexpr uint8_t kBinGet = 'h';
-constexpr uint8_t kLongBinGet = 'j';
-constexpr uint8_t kBinPut = 'q';
-constexpr uint8_t kLongBinPut = 'r';
+using enum Op;
 
 constexpr uint8_t kProtocol = 2;
 constexpr size_t kChunkSize = 64 * 1024;
@@ -272,6 +240,7 @@ class Output {
     buffer_.push_back(value);
     if (buffer_.size() == kChunkSize) flush();
   }
+  void byte(Op opcode) { byte(static_cast<uint8_t>(opcode)); }
 
   void little_endian(uint64_t value, size_t width) {
     for (size_t i = 0; i < width; ++i) byte(static_cast<uint8_t>(value >> (8 * i)));
@@ -333,7 +302,7 @@ struct NodeCreated {  // the node's object is on top of the unpickler's stack: m
   NodeId id;
 };
 struct WriteOpcode {
-  uint8_t opcode;
+  Op opcode;
 };
 struct WriteInt {
   int64_t value;
@@ -375,10 +344,10 @@ bool batch_opens_with_mark(Sequence sequence, uint64_t size) {
   return sequence == Sequence::kTupleItems ? size > 3 : size > 1;
 }
 
-uint8_t batch_closer(Sequence sequence, uint64_t size) {
+Op batch_closer(Sequence sequence, uint64_t size) {
   switch (sequence) {
     case Sequence::kTupleItems: {
-      static constexpr std::array<uint8_t, 4> kSmallTuples = {kEmptyTuple, kTuple1, kTuple2, kTuple3};
+      static constexpr std::array<Op, 4> kSmallTuples = {kEmptyTuple, kTuple1, kTuple2, kTuple3};
       return size < kSmallTuples.size() ? kSmallTuples[size] : kTuple;
     }
     case Sequence::kListItems: return size == 1 ? kAppend : kAppends;
