@@ -901,7 +901,6 @@ Status Sanitizer::sanitize_npz(const ZipDirectory& directory, HashingSink& outpu
     add_record(entry.name, member.position(), hash.finish());
   }
   ZG_TRY(zip.finish());
-  report_.parse_seconds = 0;
   report_.write_seconds = time.seconds();
   return {};
 }
