@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cdr/message_text.h"
+#include "cdr/pickle_opcodes.h"
 #include "common/encoding.h"
 
 namespace zoogate::cdr {
@@ -156,77 +157,15 @@ std::optional<Detection> detect_safetensors(Bytes head, uint64_t size) {
 
 // ---- pickle ------------------------------------------------------------------------------------
 
-enum class Operand {
-  kNone,
-  kFixed1,
-  kFixed2,
-  kFixed4,
-  kFixed8,
-  kLength1,  // a 1-byte length, then that many bytes
-  kLength4,  // a 4-byte little-endian length, then that many bytes
-  kLength8,  // an 8-byte little-endian length, then that many bytes
-  kIntLine,       // INT: optional '-', decimal digits, '\n'
-  kLongLine,      // LONG: optional '-', decimal digits, optional 'L', '\n'
-  kFloatLine,     // FLOAT: a float literal, '\n'
-  kQuotedLine,    // STRING: a quoted Python literal, '\n'
-  kAnyLine,       // UNICODE: raw-unicode-escape text, '\n'
-  kPrintableLine, // PERSID: printable ASCII, '\n'
-  kMemoLine,      // GET/PUT: decimal digits, '\n'
-  kNameLines,     // GLOBAL/INST: a module line and a name line of identifier characters
-};
 
-struct Opcode {
-  uint8_t code;
-  Operand operand;
-  uint8_t protocol;  // the protocol that introduced the opcode
-  std::string_view name;
-};
-
-constexpr uint8_t kProto = 0x80;
-constexpr uint8_t kFrame = 0x95;
-constexpr uint8_t kStop = '.';
+constexpr uint8_t kProto = static_cast<uint8_t>(Op::kProto);
+constexpr uint8_t kFrame = static_cast<uint8_t>(Op::kFrame);
+constexpr uint8_t kStop = static_cast<uint8_t>(Op::kStop);
 constexpr uint8_t kHighestPickleProtocol = 5;
 
-// Every opcode of pickle protocols 0 to 5, as in CPython's pickletools.
-constexpr std::array kOpcodes = {
-    Opcode{'(', Operand::kNone, 0, "MARK"},          Opcode{'.', Operand::kNone, 0, "STOP"},
-    Opcode{'0', Operand::kNone, 0, "POP"},           Opcode{'1', Operand::kNone, 1, "POP_MARK"},
-    Opcode{'2', Operand::kNone, 0, "DUP"},           Opcode{'F', Operand::kFloatLine, 0, "FLOAT"},
-    Opcode{'I', Operand::kIntLine, 0, "INT"},        Opcode{'J', Operand::kFixed4, 1, "BININT"},
-    Opcode{'K', Operand::kFixed1, 1, "BININT1"},     Opcode{'L', Operand::kLongLine, 0, "LONG"},
-    Opcode{'M', Operand::kFixed2, 1, "BININT2"},     Opcode{'N', Operand::kNone, 0, "NONE"},
-    Opcode{'P', Operand::kPrintableLine, 0, "PERSID"}, Opcode{'Q', Operand::kNone, 1, "BINPERSID"},
-    Opcode{'R', Operand::kNone, 0, "REDUCE"},        Opcode{'S', Operand::kQuotedLine, 0, "STRING"},
-    Opcode{'T', Operand::kLength4, 1, "BINSTRING"},  Opcode{'U', Operand::kLength1, 1, "SHORT_BINSTRING"},
-    Opcode{'V', Operand::kAnyLine, 0, "UNICODE"},    Opcode{'X', Operand::kLength4, 1, "BINUNICODE"},
-    Opcode{'a', Operand::kNone, 0, "APPEND"},        Opcode{'b', Operand::kNone, 0, "BUILD"},
-    Opcode{'c', Operand::kNameLines, 0, "GLOBAL"},   Opcode{'d', Operand::kNone, 0, "DICT"},
-    Opcode{'}', Operand::kNone, 1, "EMPTY_DICT"},    Opcode{'e', Operand::kNone, 1, "APPENDS"},
-    Opcode{'g', Operand::kMemoLine, 0, "GET"},       Opcode{'h', Operand::kFixed1, 1, "BINGET"},
-    Opcode{'i', Operand::kNameLines, 0, "INST"},     Opcode{'j', Operand::kFixed4, 1, "LONG_BINGET"},
-    Opcode{'l', Operand::kNone, 0, "LIST"},          Opcode{']', Operand::kNone, 1, "EMPTY_LIST"},
-    Opcode{'o', Operand::kNone, 1, "OBJ"},           Opcode{'p', Operand::kMemoLine, 0, "PUT"},
-    Opcode{'q', Operand::kFixed1, 1, "BINPUT"},      Opcode{'r', Operand::kFixed4, 1, "LONG_BINPUT"},
-    Opcode{'s', Operand::kNone, 0, "SETITEM"},       Opcode{'t', Operand::kNone, 0, "TUPLE"},
-    Opcode{')', Operand::kNone, 1, "EMPTY_TUPLE"},   Opcode{'u', Operand::kNone, 1, "SETITEMS"},
-    Opcode{'G', Operand::kFixed8, 1, "BINFLOAT"},    Opcode{0x80, Operand::kFixed1, 2, "PROTO"},
-    Opcode{0x81, Operand::kNone, 2, "NEWOBJ"},       Opcode{0x82, Operand::kFixed1, 2, "EXT1"},
-    Opcode{0x83, Operand::kFixed2, 2, "EXT2"},       Opcode{0x84, Operand::kFixed4, 2, "EXT4"},
-    Opcode{0x85, Operand::kNone, 2, "TUPLE1"},       Opcode{0x86, Operand::kNone, 2, "TUPLE2"},
-    Opcode{0x87, Operand::kNone, 2, "TUPLE3"},       Opcode{0x88, Operand::kNone, 2, "NEWTRUE"},
-    Opcode{0x89, Operand::kNone, 2, "NEWFALSE"},     Opcode{0x8a, Operand::kLength1, 2, "LONG1"},
-    Opcode{0x8b, Operand::kLength4, 2, "LONG4"},     Opcode{'B', Operand::kLength4, 3, "BINBYTES"},
-    Opcode{'C', Operand::kLength1, 3, "SHORT_BINBYTES"}, Opcode{0x8c, Operand::kLength1, 4, "SHORT_BINUNICODE"},
-    Opcode{0x8d, Operand::kLength8, 4, "BINUNICODE8"}, Opcode{0x8e, Operand::kLength8, 4, "BINBYTES8"},
-    Opcode{0x8f, Operand::kNone, 4, "EMPTY_SET"},    Opcode{0x90, Operand::kNone, 4, "ADDITEMS"},
-    Opcode{0x91, Operand::kNone, 4, "FROZENSET"},    Opcode{0x92, Operand::kNone, 4, "NEWOBJ_EX"},
-    Opcode{0x93, Operand::kNone, 4, "STACK_GLOBAL"}, Opcode{0x94, Operand::kNone, 4, "MEMOIZE"},
-    Opcode{0x95, Operand::kFixed8, 4, "FRAME"},      Opcode{0x96, Operand::kLength8, 5, "BYTEARRAY8"},
-    Opcode{0x97, Operand::kNone, 5, "NEXT_BUFFER"},  Opcode{0x98, Operand::kNone, 5, "READONLY_BUFFER"},
-};
 
-const Opcode* find_opcode(uint8_t code) {
-  for (const Opcode& opcode : kOpcodes) {
+const PickleOpcode* find_opcode(uint8_t code) {
+  for (const PickleOpcode& opcode : kPickleOpcodes) {
     if (opcode.code == code) return &opcode;
   }
   return nullptr;
@@ -249,21 +188,21 @@ bool is_decimal(Bytes line, bool allow_sign, bool allow_long_suffix) {
   return std::all_of(line.begin() + static_cast<std::ptrdiff_t>(i), line.end(), is_digit);
 }
 
-bool line_is_well_formed(Operand operand, Bytes line) {
+bool line_is_well_formed(PickleOperand operand, Bytes line) {
   switch (operand) {
-    case Operand::kIntLine: return is_decimal(line, true, false);
-    case Operand::kLongLine: return is_decimal(line, true, true);
-    case Operand::kMemoLine: return is_decimal(line, false, false);
-    case Operand::kFloatLine:
+    case PickleOperand::kIntLine: return is_decimal(line, true, false);
+    case PickleOperand::kLongLine: return is_decimal(line, true, true);
+    case PickleOperand::kMemoLine: return is_decimal(line, false, false);
+    case PickleOperand::kFloatLine:
       return !line.empty() && std::all_of(line.begin(), line.end(), [](uint8_t b) {
         return is_digit(b) || b == '+' || b == '-' || b == '.' || (b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z');
       });
-    case Operand::kQuotedLine:
+    case PickleOperand::kQuotedLine:
       return line.size() >= 2 && (line[0] == '\'' || line[0] == '"') && line.back() == line[0];
-    case Operand::kPrintableLine:
+    case PickleOperand::kPrintableLine:
       return std::all_of(line.begin(), line.end(), [](uint8_t b) { return b >= 0x20 && b < 0x7f; });
-    case Operand::kNameLines: return !line.empty() && std::all_of(line.begin(), line.end(), is_name_char);
-    case Operand::kAnyLine: return true;
+    case PickleOperand::kNameLines: return !line.empty() && std::all_of(line.begin(), line.end(), is_name_char);
+    case PickleOperand::kAnyLine: return true;
     default: return false;
   }
 }
@@ -301,23 +240,23 @@ PickleScan scan_pickle_opcodes(Bytes head, uint64_t size) {
   size_t pos = 0;
   while (scan.opcodes < kMaxScannedOpcodes && pos < head.size()) {
     const size_t opcode_offset = pos;
-    const Opcode* opcode = find_opcode(head[pos]);
+    const PickleOpcode* opcode = find_opcode(head[pos]);
     if (opcode == nullptr) return malformed(pos, "byte 0x" + hex_prefix(head.subspan(pos), 1) + " is no pickle opcode");
     ++pos;
     bool beyond_input = false;
     size_t fixed = 0;
     size_t length_width = 0;
     switch (opcode->operand) {
-      case Operand::kNone: break;
-      case Operand::kFixed1: fixed = 1; break;
-      case Operand::kFixed2: fixed = 2; break;
-      case Operand::kFixed4: fixed = 4; break;
-      case Operand::kFixed8: fixed = 8; break;
-      case Operand::kLength1: length_width = 1; break;
-      case Operand::kLength4: length_width = 4; break;
-      case Operand::kLength8: length_width = 8; break;
+      case PickleOperand::kNone: break;
+      case PickleOperand::kFixed1: fixed = 1; break;
+      case PickleOperand::kFixed2: fixed = 2; break;
+      case PickleOperand::kFixed4: fixed = 4; break;
+      case PickleOperand::kFixed8: fixed = 8; break;
+      case PickleOperand::kLength1: length_width = 1; break;
+      case PickleOperand::kLength4: length_width = 4; break;
+      case PickleOperand::kLength8: length_width = 8; break;
       default: {
-        const int lines = opcode->operand == Operand::kNameLines ? 2 : 1;
+        const int lines = opcode->operand == PickleOperand::kNameLines ? 2 : 1;
         for (int line = 0; line < lines; ++line) {
           const auto newline = std::find(head.begin() + static_cast<std::ptrdiff_t>(pos), head.end(), uint8_t{'\n'});
           if (newline == head.end()) return malformed(opcode_offset, std::string(opcode->name) + " line without '\\n'");
