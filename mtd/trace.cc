@@ -25,6 +25,7 @@ Result<std::optional<TraceMatch>> trace_variant(const ByteSource& leaked, const 
       if (!variation) return tl::unexpected(variation.error());
       cdr::SanitizeOptions options;
       options.layout = variation->get();
+      options.known_input_sha256 = *original_digest;  // hashed once above, not once per candidate
       // Only the digest of each candidate is needed; its bytes are hashed and dropped.
       DiscardSink discard;
       cdr::SanitizeReport report = cdr::sanitize(original, request.policy, options, discard);
