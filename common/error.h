@@ -59,4 +59,12 @@ inline tl::unexpected<Error> fail(Error error) { return tl::unexpected<Error>(st
     }                                                            \
   } while (false)
 
+// The same inside a coroutine (co_return instead of return).
+#define ZG_CO_TRY(expr)                                             \
+  do {                                                              \
+    if (auto zg_try_result_ = (expr); !zg_try_result_) {            \
+      co_return ::tl::unexpected(std::move(zg_try_result_.error())); \
+    }                                                               \
+  } while (false)
+
 }  // namespace zoogate

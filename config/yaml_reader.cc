@@ -49,18 +49,6 @@ std::string unit_names(std::span<const Unit> units) {
   return join(names, ", ");
 }
 
-// Plain decimal digits without sign or leading zeros; nullopt when malformed or above uint64.
-std::optional<uint64_t> parse_decimal(std::string_view text) {
-  if (text.empty() || (text.size() > 1 && text[0] == '0')) return std::nullopt;
-  if (!std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return std::nullopt;
-  }
-  uint64_t value = 0;
-  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
-  return value;
-}
-
 // "<digits>[ ]<unit>", or bare digits when `unit_required` is false (meaning units[0]).
 std::optional<uint64_t> parse_with_unit(std::string_view text, std::span<const Unit> units,
                                         bool unit_required) {
@@ -136,6 +124,17 @@ class DocumentStarts final : public YAML::EventHandler {
 
 }  // namespace
 
+std::optional<uint64_t> parse_decimal(std::string_view text) {
+  if (text.empty() || (text.size() > 1 && text[0] == '0')) return std::nullopt;
+  if (!std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  uint64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 YamlNode::YamlNode(YAML::Node node, std::shared_ptr<const std::string> file_name, std::string path,
                    YAML::Mark mark)
     : node_(std::move(node)), file_name_(std::move(file_name)), path_(std::move(path)), mark_(mark) {}
@@ -170,6 +169,12 @@ Result<std::string> YamlNode::as_string() const {
   auto text = scalar("a non-empty string");
   if (!text) return fail(std::move(text.error()));
   if (text->empty()) return fail(error(subject() + " must be a non-empty string"));
+  return std::string(*text);
+}
+
+Result<std::string> YamlNode::as_string_or_empty() const {
+  auto text = scalar("a string");
+  if (!text) return fail(std::move(text.error()));
   return std::string(*text);
 }
 
@@ -245,6 +250,12 @@ Result<std::vector<YamlNode>> YamlNode::as_sequence() const {
 }
 
 Result<YamlMapping> YamlNode::as_mapping(std::span<const std::string_view> allowed_keys) const {
+  return mapping(allowed_keys);
+}
+
+Result<YamlMapping> YamlNode::as_open_mapping() const { return mapping(std::nullopt); }
+
+Result<YamlMapping> YamlNode::mapping(std::optional<std::span<const std::string_view>> allowed_keys) const {
   if (!node_.IsMap()) return fail(error(subject() + " must be a mapping, got " + describe_value(node_)));
   std::vector<std::pair<std::string, YamlNode>> entries;
   for (const auto& entry : node_) {
@@ -254,9 +265,9 @@ Result<YamlMapping> YamlNode::as_mapping(std::span<const std::string_view> allow
       return fail(key_node.error("keys " + container_phrase(path_) + " must be plain strings"));
     }
     const std::string& name = key.Scalar();
-    if (std::find(allowed_keys.begin(), allowed_keys.end(), name) == allowed_keys.end()) {
+    if (allowed_keys && std::find(allowed_keys->begin(), allowed_keys->end(), name) == allowed_keys->end()) {
       return fail(key_node.error("unknown key " + quote_for_message(name) + " " + container_phrase(path_) +
-                                 " (allowed: " + join(allowed_keys, ", ") + ")"));
+                                 " (allowed: " + join(*allowed_keys, ", ") + ")"));
     }
     auto previous =
         std::find_if(entries.begin(), entries.end(), [&](const auto& seen) { return seen.first == name; });
@@ -336,6 +347,12 @@ std::string quote_for_message(std::string_view text) {
   if (text.size() > kMaxEcho) out += "...";
   out += "'";
   return out;
+}
+
+std::string format_byte_size(uint64_t bytes) { return format_with_unit(bytes, kByteUnits); }
+
+std::string format_duration(std::chrono::milliseconds duration) {
+  return format_with_unit(static_cast<uint64_t>(std::max<int64_t>(duration.count(), 0)), kDurationUnits);
 }
 
 Result<std::string> read_config_file(const std::string& path) {

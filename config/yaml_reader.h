@@ -62,6 +62,8 @@ class YamlNode {
 
   // A non-empty scalar, verbatim.
   Result<std::string> as_string() const;
+  // A scalar, verbatim, possibly empty (written ""): for settings where empty means "not set".
+  Result<std::string> as_string_or_empty() const;
   // Exactly `true` or `false`.
   Result<bool> as_bool() const;
   // Decimal digits, in [min, max].
@@ -88,8 +90,13 @@ class YamlNode {
   // A mapping whose keys are all in `allowed_keys`, each at most once.
   Result<YamlMapping> as_mapping(std::span<const std::string_view> allowed_keys) const;
   Result<YamlMapping> as_mapping(std::initializer_list<std::string_view> allowed_keys) const;
+  // A mapping whose keys are names the file chooses (user names, say), each a plain string given at
+  // most once; the caller checks the names themselves.
+  Result<YamlMapping> as_open_mapping() const;
 
  private:
+  // The entries of a mapping with plain, unique keys, all in `allowed_keys` unless that is nullopt.
+  Result<YamlMapping> mapping(std::optional<std::span<const std::string_view>> allowed_keys) const;
   // The scalar text, or an error saying that `expected` was wanted.
   Result<std::string_view> scalar(std::string_view expected) const;
   // "'limits.max_opcodes'", or "the document" for the root.
@@ -122,9 +129,19 @@ class YamlMapping {
 // (or one with only comments) gives an empty mapping. `file_name` is used only in error messages.
 Result<YamlNode> parse_yaml(std::string_view text, std::string_view file_name);
 
+// The integers of configuration files: plain decimal digits, no sign, no leading zeros ("0" itself is
+// fine); nullopt when `text` is anything else or above uint64. For integers embedded in a string
+// value, such as the port of "127.0.0.1:8080".
+std::optional<uint64_t> parse_decimal(std::string_view text);
+
 // Text from a configuration file echoed in a message: quoted, cut to a readable length, control bytes
 // escaped, so that a hostile file cannot forge log lines.
 std::string quote_for_message(std::string_view text);
+
+// The text as_byte_size() and as_duration() read back to the same value, in the largest unit that
+// divides it exactly: 1073741824 -> "1GiB", 90000ms -> "90s". For writing configuration files.
+std::string format_byte_size(uint64_t bytes);
+std::string format_duration(std::chrono::milliseconds duration);
 
 // Reads a whole configuration file of at most kMaxConfigFileBytes. Errors are kIo and name the path.
 Result<std::string> read_config_file(const std::string& path);

@@ -719,6 +719,23 @@ FileManifest make_file_manifest(std::string path, FileFacts facts, std::optional
   return FileManifest{std::move(path), std::move(facts), config_sha256, architecture, std::move(provenance)};
 }
 
+Result<ArtifactManifest> sanitized_file_manifest(std::string name, const std::string& written_path,
+                                                 const cdr::SanitizeReport& report, const cdr::Policy& policy,
+                                                 std::optional<Digest> upstream_sha256, std::string seed_id,
+                                                 std::optional<Digest> config_sha256) {
+  if (report.verdict == cdr::Verdict::kBlocked) {
+    return fail(ErrorCode::kInvalidArgument, "a blocked file has no manifest: nothing was written");
+  }
+  auto written = FileSource::open(written_path);
+  if (!written) return tl::unexpected(written.error());
+  auto facts = facts_from_sanitize(**written, report, policy);
+  if (!facts) return tl::unexpected(facts.error());
+  Provenance provenance = provenance_of(report, policy, upstream_sha256, std::move(seed_id));
+  ArtifactManifest manifest{std::move(name), {}};
+  manifest.files.push_back(make_file_manifest(".", std::move(*facts), config_sha256, std::move(provenance)));
+  return manifest;
+}
+
 const std::vector<std::string>& default_ignored_paths() {
   static const std::vector<std::string> paths = {".git", ".gitattributes", ".github", ".gitignore"};
   return paths;

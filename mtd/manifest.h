@@ -134,6 +134,15 @@ Provenance provenance_of(const cdr::SanitizeReport& report, const cdr::Policy& p
 FileManifest make_file_manifest(std::string path, FileFacts facts, std::optional<Digest> config_sha256,
                                 Provenance provenance);
 
+// The manifest of the one file that cdr::sanitize() just wrote at `written_path` with `report`, for
+// a client that receives it as `name`: its facts (facts_from_sanitize), config.json's digest when the
+// repository has one, and its provenance. The command line and the proxy both describe what they
+// wrote through this function. Fails for a blocked report (nothing was written).
+Result<ArtifactManifest> sanitized_file_manifest(std::string name, const std::string& written_path,
+                                                 const cdr::SanitizeReport& report, const cdr::Policy& policy,
+                                                 std::optional<Digest> upstream_sha256, std::string seed_id,
+                                                 std::optional<Digest> config_sha256);
+
 // Files whose top-level name is one of these are not part of an artifact folder (the OpenSSF
 // model-signing tools' default ignore list).
 const std::vector<std::string>& default_ignored_paths();

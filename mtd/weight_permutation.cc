@@ -484,7 +484,8 @@ class GroupPlanner {
     for (std::string_view required : group_.signature) {
       if (!layer_.find(required)) return "no " + std::string(required);
     }
-    for (const auto& [suffix, tensor] : layer_.tensors) {
+    for (const auto& entry : layer_.tensors) {
+      const std::string& suffix = entry.first;
       const bool in_namespace = std::any_of(group_.namespaces.begin(), group_.namespaces.end(),
                                             [&](std::string_view name) { return suffix.starts_with(name); });
       if (!in_namespace) continue;

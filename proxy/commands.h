@@ -37,6 +37,13 @@ void add_sign_command(CLI::App& app, int& exit_code);
 void add_verify_command(CLI::App& app, int& exit_code);
 
 void add_trace_command(CLI::App& app, int& exit_code);
+void add_serve_command(CLI::App& app, int& exit_code);
+void add_prefetch_command(CLI::App& app, int& exit_code);
+// `zoogate ca init` and `zoogate passwd-hash` (egress_commands.cc).
+void add_ca_command(CLI::App& app, int& exit_code);
+void add_passwd_hash_command(CLI::App& app, int& exit_code);
+// `config check FILE` and `config defaults` (config_commands.cc).
+void add_config_command(CLI::App& app, int& exit_code);
 
 // The CDR policy from a policy file, or the built-in one when `path` is empty.
 Result<cdr::Policy> load_policy(const std::string& path);

@@ -9,12 +9,17 @@ int main(int argc, char** argv) {
   CLI::App app{"zoogate: a zero-trust gateway for AI model downloads"};
   app.require_subcommand(1);
   int exit_code = zoogate::cli::kExitOk;
+  zoogate::cli::add_serve_command(app, exit_code);
+  zoogate::cli::add_prefetch_command(app, exit_code);
   zoogate::cli::add_sanitize_command(app, exit_code);
   zoogate::cli::add_scan_command(app, exit_code);
   zoogate::cli::add_keygen_command(app, exit_code);
   zoogate::cli::add_sign_command(app, exit_code);
   zoogate::cli::add_verify_command(app, exit_code);
   zoogate::cli::add_trace_command(app, exit_code);
+  zoogate::cli::add_ca_command(app, exit_code);
+  zoogate::cli::add_passwd_hash_command(app, exit_code);
+  zoogate::cli::add_config_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

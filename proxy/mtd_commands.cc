@@ -174,15 +174,11 @@ Status write_signed_manifest(const MtdOptions& signing, const cdr::SanitizeRepor
     if (!digest) return tl::unexpected(digest.error());
     config_sha256 = *digest;
   }
-  auto written = FileSource::open(output_path);
-  if (!written) return tl::unexpected(written.error());
-  auto facts = mtd::facts_from_sanitize(**written, report, policy);
-  if (!facts) return tl::unexpected(facts.error());
   // The upstream digest is the input file's: on the command line, the input is what upstream served.
-  mtd::ArtifactManifest manifest{std::filesystem::path(output_path).filename().string(),
-                                 {mtd::make_file_manifest(".", std::move(*facts), config_sha256,
-                                                          mtd::provenance_of(report, policy, report.input_sha256, seed_id))}};
-  return sign_and_write(manifest, *signing.key, signing.manifest_file);
+  auto manifest = mtd::sanitized_file_manifest(std::filesystem::path(output_path).filename().string(), output_path,
+                                               report, policy, report.input_sha256, seed_id, config_sha256);
+  if (!manifest) return tl::unexpected(manifest.error());
+  return sign_and_write(*manifest, *signing.key, signing.manifest_file);
 }
 
 void add_keygen_command(CLI::App& app, int& exit_code) {

@@ -15,10 +15,11 @@ build_packages=(
 )
 # python3-torch generates the example checkpoint that the run command sanitizes.
 run_packages=(python3 python3-torch)
+# prometheus brings promtool (alert rule checks and unit tests); python3-yaml reads the deploy/ manifests.
 test_packages=(
   libgtest-dev libgmock-dev clang libclang-rt-14-dev
-  python3-torchvision python3-numpy python3-requests python3-pip python3-distutils
-  curl nginx openssl p7zip-full zip time
+  python3-torchvision python3-numpy python3-requests python3-pip python3-distutils python3-yaml
+  curl nginx openssl p7zip-full zip time prometheus
 )
 
 case "$mode" in
@@ -38,6 +39,11 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Only promtool is used. Debian's prometheus package also enables a Prometheus server listening on
+  # :9090, zoogate's admin port: when this script installed it, switch that server off.
+  if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # Node.js and npm run the real Hub client in the integration tests. Machines that already carry a
@@ -47,8 +53,11 @@ if [[ "$mode" == test && -f "$here/tests/integration/package-lock.json" ]]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
   fi
-  if [[ ! -d "$here/tests/integration/node_modules" ]] ||
-     ! cmp -s "$here/tests/integration/package-lock.json" "$here/tests/integration/node_modules/.package-lock.json"; then
+  # npm's own node_modules/.package-lock.json never equals package-lock.json (it leaves out the root
+  # package), so a copy of the lockfile that was installed marks an up-to-date node_modules.
+  stamp="$here/tests/integration/node_modules/.zoogate-installed-lock.json"
+  if ! cmp -s "$here/tests/integration/package-lock.json" "$stamp"; then
     npm ci --prefix "$here/tests/integration" --no-audit --no-fund
+    cp "$here/tests/integration/package-lock.json" "$stamp"
   fi
 fi

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# zoogate's main job with built-in defaults: builds zoogate, generates an example checkpoint that
-# carries a (harmless) code-execution payload, and sanitizes it with the default policy.
+# zoogate's main job with built-in defaults: builds zoogate and runs the gateway (`zoogate serve`):
+# the Hub endpoint on 127.0.0.1:8080 in front of the public Hub, the admin listener (metrics, health)
+# on 127.0.0.1:9090, a cache folder ./zoogate-cache, the built-in policy and layout variation on.
+# Extra arguments go to `zoogate serve` (for example --config zoogate.yaml).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$here/scripts/install-deps.sh" run
+"$here/scripts/install-deps.sh" build
 "$here/scripts/build.sh"
-example="$here/example"
-/usr/bin/python3 "$here/scripts/make_example.py" "$example"
-status=0
-"$here/build/proxy/zoogate" sanitize "$example/pytorch_model.bin" -o "$example/pytorch_model.sanitized.bin" || status=$?
-echo
-echo "input:  $example/pytorch_model.bin"
-echo "output: $example/pytorch_model.sanitized.bin (load it with torch.load(path, weights_only=True))"
-exit $status
+echo "Point Hub clients at zoogate:  export HF_ENDPOINT=http://127.0.0.1:8080"
+echo "Metrics: http://127.0.0.1:9090/metrics    Stop: Ctrl-C (drains requests in flight)"
+exec "$here/build/proxy/zoogate" serve "$@"

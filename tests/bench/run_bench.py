@@ -10,23 +10,29 @@ to <work>/bench-results.json. The exit status is non-zero only when the harness 
 
 Adding a benchmark: write `bench_<name>(options) -> BenchResult` and list it in BENCHMARKS.
 `measure_interleaved()` times external commands (wall time and peak RSS); `run_json()` runs a
-program that times itself and reports JSON.
+program that times itself and reports JSON. The proxy benchmarks (`--only proxy`) run `zoogate serve`
+between nginx servers on the loopback interface; proxy_bench.py has the servers and the clients.
 """
 import argparse
 import collections
+import contextlib
 import json
 import os
 import pickle
 import platform
+import random
 import shlex
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import proxy_bench
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 GNU_TIME = "/usr/bin/time"  # Debian package `time`
@@ -446,6 +452,337 @@ def bench_pickle_vm(options):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The proxy (`zoogate serve`): pass-through, a cold pickle checkpoint, many concurrent downloads
+#
+# An nginx origin over TLS (test CA) plays the Hub for a few files: `resolve` answers 302 to its /cdn/
+# path with the Hub's headers. The baseline is a second nginx in front of it (`proxy_pass` with the
+# certificate verified). Clients reach zoogate and that nginx on plain HTTP over loopback.
+
+PASS_THROUGH_RATIO_TARGET = 0.9  # zoogate's throughput, times nginx proxy_pass's
+COLD_PICKLE_RATIO_TARGET = 1.25  # zoogate's time for a cold checkpoint, times nginx proxy_pass's
+CONCURRENT_RSS_BUDGET_MIB = 256
+BENCH_REPO = "bench/model"
+SMALL_BENCH_REPO = "bench/small-model"
+SAFETENSORS_SEED = 20240602
+SAFETENSORS_MATRIX = (4096, 4096)  # bf16: 32 MiB
+SMALL_CHECKPOINT_MIB = 4
+# Long enough that a client waits for a cold 1 GiB checkpoint instead of getting 503 + Retry-After.
+CLIENT_WAIT = "10m"
+
+
+def safetensors_header(data_size):
+    """The JSON header of a safetensors file whose data section is `data_size` bytes: as many bf16
+    matrices as fit, then one uint8 tensor holding the rest."""
+    rows, columns = SAFETENSORS_MATRIX
+    matrix_bytes = rows * columns * 2
+    header = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    while data_size - offset >= matrix_bytes:
+        header[f"model.layers.{len(header) - 1}.weight"] = {
+            "dtype": "BF16", "shape": [rows, columns], "data_offsets": [offset, offset + matrix_bytes]}
+        offset += matrix_bytes
+    if offset < data_size:
+        header["model.rest"] = {"dtype": "U8", "shape": [data_size - offset], "data_offsets": [offset, data_size]}
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def cached_safetensors(work, size):
+    """A safetensors file of exactly `size` bytes of random (incompressible) tensor data, generated
+    once per size. The header is padded with spaces to a multiple of 8 bytes, as the reference
+    writer pads it."""
+    path = work / f"tensors-{size}-seed{SAFETENSORS_SEED}.safetensors"
+    if path.exists():
+        return path
+    print(f"  generating {path.name} (once; later runs reuse it)", flush=True)
+    header_size = 0
+    for _ in range(10):  # the header's length depends on the data size, which depends on it
+        header = safetensors_header(size - 8 - header_size)
+        padded = -(-len(header) // 8) * 8
+        if padded == header_size:
+            break
+        header_size = padded
+    else:
+        raise BenchError(f"found no safetensors layout of exactly {size} bytes")
+    generator = random.Random(SAFETENSORS_SEED)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        file.write(struct.pack("<Q", header_size) + header.ljust(header_size, b" "))
+        remaining = size - 8 - header_size
+        while remaining:
+            piece = min(remaining, 16 * MIB)
+            file.write(generator.randbytes(piece))
+            remaining -= piece
+    os.replace(partial, path)
+    return path
+
+
+def cached_small_checkpoint(work):
+    """A torch.save'd state dict of about SMALL_CHECKPOINT_MIB: bf16 weights drawn from N(0, 0.02)."""
+    path = work / f"small-{SMALL_CHECKPOINT_MIB}mib-seed{CHECKPOINT_SEED}.pt"
+    if path.exists():
+        return path
+    import torch
+
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    state_dict = collections.OrderedDict()
+    for layer in range(SMALL_CHECKPOINT_MIB):  # 1 MiB each
+        state_dict[f"model.layers.{layer}.weight"] = torch.empty((512, 1024), dtype=torch.bfloat16).normal_(
+            0, 0.02, generator=generator)
+    state_dict["model.norm.weight"] = torch.ones(1024, dtype=torch.bfloat16)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state_dict, partial)
+    os.replace(partial, path)
+    return path
+
+
+def nginx_tool():
+    """Debian installs nginx in /usr/sbin, which is not on every user's PATH."""
+    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if path is None:
+        raise BenchError("nginx is not installed: install the Debian package `nginx`")
+    return path
+
+
+def start_hub_servers(stack, folder, files):
+    """Starts, within `stack`, the origin (a minimal Hub over TLS for `files`) and the nginx that
+    proxies to it; returns (certificates, origin, front)."""
+    certificates = proxy_bench.TestCertificates(folder / "ca").generate(system_tool("openssl"))
+    nginx = nginx_tool()
+    origin = stack.enter_context(
+        proxy_bench.Nginx.origin(nginx, folder / "nginx-origin", certificates, folder / "cdn", files))
+    front = stack.enter_context(
+        proxy_bench.Nginx.front(nginx, folder / "nginx-front", origin.port, certificates.ca_pem, folder / "cdn"))
+    return certificates, origin, front
+
+
+def start_zoogate(stack, zoogate, folder, origin, certificates, **sections):
+    """Starts, within `stack`, `zoogate serve` in front of the origin with an empty cache folder,
+    deleted once zoogate has stopped (its artifacts are as large as the inputs)."""
+    cache = folder / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    stack.callback(shutil.rmtree, cache, ignore_errors=True)
+    config = proxy_bench.zoogate_config(folder, origin.port, certificates.ca_pem, cache, **sections)
+    return stack.enter_context(proxy_bench.Zoogate(zoogate, folder, config))
+
+
+def curl_download(curl, url, ca_pem=None):
+    """curl downloading to /dev/null, failing on any answer but 2xx."""
+    return [curl, "--silent", "--show-error", "--fail", "--output", "/dev/null",
+            *(["--cacert", str(ca_pem)] if ca_pem else []), url]
+
+
+def checked_download(url, expected_sha256, what, ca_pem=None):
+    """One download of `url` whose bytes must have `expected_sha256`; returns proxy_bench.fetch()'s
+    result."""
+    result = proxy_bench.fetch(url, ca_pem)
+    if result["sha256"] != expected_sha256:
+        raise BenchError(f"{what}: {url} gave {result['size']} bytes with SHA-256 {result['sha256']}, "
+                         f"not {expected_sha256}")
+    return result
+
+
+def checked_artifact(url, upstream):
+    """One download of a pickle-bearing file through zoogate: the bytes must match the digest in the
+    answer's ETag, and the answer must name the upstream file and a clean or disarmed verdict."""
+    result = proxy_bench.fetch(url)
+    headers = result["headers"]
+    served = headers.get("etag", "").removeprefix("W/").strip('"')
+    problems = []
+    if result["sha256"] != served:
+        problems.append(f"the bytes have SHA-256 {result['sha256']}, the ETag says {served or 'nothing'}")
+    if headers.get("x-zoogate-upstream-sha256") != upstream.sha256:
+        problems.append(f"X-Zoogate-Upstream-Sha256 is {headers.get('x-zoogate-upstream-sha256')}")
+    if headers.get("x-zoogate-verdict") not in ("clean", "disarmed"):
+        problems.append(f"X-Zoogate-Verdict is {headers.get('x-zoogate-verdict')}")
+    if problems:
+        raise BenchError(f"zoogate's answer for {url}: " + "; ".join(problems))
+    return result
+
+
+def artifact_facts(result):
+    headers = result["headers"]
+    return {"size": result["size"], "sha256": result["sha256"], "verdict": headers.get("x-zoogate-verdict"),
+            "upstream_sha256": headers.get("x-zoogate-upstream-sha256")}
+
+
+def bench_proxy_pass_through(options):
+    zoogate = require_tool(options.zoogate, "--zoogate")
+    curl = system_tool("curl")
+    folder = options.work / "proxy-pass-through"
+    tensors = cached_safetensors(options.work, options.checkpoint_mib * MIB)
+    warm_page_cache(tensors)
+    file = proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+    with contextlib.ExitStack() as stack:
+        certificates, origin, front = start_hub_servers(stack, folder, [file])
+        gateway = start_zoogate(stack, zoogate, folder / "zoogate", origin, certificates)
+        paths = {  # name: (URL, CA bundle for https)
+            "origin direct": (f"https://127.0.0.1:{origin.port}{file.cdn_path}", certificates.ca_pem),
+            "nginx proxy_pass": (front.url + file.cdn_path, None),
+            "zoogate": (gateway.hub_url + file.resolve_path, None),
+        }
+        print("  checking the bytes of each path once", flush=True)
+        for name, (url, ca_pem) in paths.items():
+            checked_download(url, file.sha256, name, ca_pem)
+        commands = {name: curl_download(curl, url, ca_pem) for name, (url, ca_pem) in paths.items()}
+        measured = measure_interleaved(commands, options.runs, folder / "runs.log")
+        zoogate_rss, nginx_rss = gateway.peak_rss_mib(), front.workers_peak_rss_mib()
+        metrics_path = folder / "zoogate-metrics.txt"
+        metrics_path.write_text(gateway.metrics_text())
+
+    throughput = {name: file.size / measurement.wall_seconds / 1e6 for name, measurement in measured.items()}
+    ratio = throughput["zoogate"] / throughput["nginx proxy_pass"]
+    figures = [
+        Figure("origin direct, TLS (the ceiling): throughput", throughput["origin direct"], "MB/s"),
+        Figure("nginx proxy_pass: throughput", throughput["nginx proxy_pass"], "MB/s",
+               {"origin direct": throughput["nginx proxy_pass"] / throughput["origin direct"]}),
+        Figure("zoogate pass-through: throughput", throughput["zoogate"], "MB/s",
+               {"nginx proxy_pass": ratio, "origin direct": throughput["zoogate"] / throughput["origin direct"]},
+               target=f">= {PASS_THROUGH_RATIO_TARGET}x nginx proxy_pass", met=ratio >= PASS_THROUGH_RATIO_TARGET),
+        Figure("zoogate: peak RSS (VmHWM)", zoogate_rss, "MiB", {"nginx workers": zoogate_rss / nginx_rss}),
+    ]
+    details = {
+        "file": {"path": str(tensors), "size": file.size, "sha256": file.sha256},
+        "urls": {name: url for name, (url, _) in paths.items()},
+        "zoogate_config": gateway.config, "zoogate_metrics": str(metrics_path),
+        "nginx_workers_peak_rss_mib": nginx_rss,
+        "measurements": {name: measurement.to_json() for name, measurement in measured.items()},
+    }
+    return BenchResult(figures, details)
+
+
+def bench_proxy_cold_pickle(options):
+    zoogate = require_tool(options.zoogate, "--zoogate")
+    curl = system_tool("curl")
+    folder = options.work / "proxy-cold-pickle"
+    checkpoint = cached_llama_checkpoint(options.work, options.checkpoint_mib)
+    tensors = cached_safetensors(options.work, checkpoint.stat().st_size)  # a pass-through of the same size
+    for path in (checkpoint, tensors):
+        warm_page_cache(path)
+    checkpoint_file = proxy_bench.HubFile(BENCH_REPO, "pytorch_model.bin", checkpoint)
+    tensors_file = proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+    sections = {"pipeline": {"client_wait": CLIENT_WAIT}}
+    log_path = folder / "runs.log"
+    measured = {name: Measurement([]) for name in
+                ("nginx proxy_pass", "zoogate cold", "zoogate cached", "zoogate safetensors pass-through")}
+    pipeline_seconds, zoogate_rss, served = [], [], None
+
+    def timed(name, url, round_number):
+        print(f"  round {round_number}/{options.runs}: {name}", flush=True)
+        command = curl_download(curl, url)
+        measured[name].command = command
+        measured[name].runs.append(run_process(command, log_path))
+
+    with contextlib.ExitStack() as stack:
+        certificates, origin, front = start_hub_servers(stack, folder, [checkpoint_file, tensors_file])
+        log_path.write_bytes(b"")
+        checked_download(front.url + checkpoint_file.cdn_path, checkpoint_file.sha256, "nginx proxy_pass")
+        for round_number in range(1, options.runs + 1):
+            timed("nginx proxy_pass", front.url + checkpoint_file.cdn_path, round_number)
+            # A fresh zoogate with an empty cache each round: it downloads, disarms, then serves.
+            with contextlib.ExitStack() as fresh:
+                gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates, **sections)
+                url = gateway.hub_url + checkpoint_file.resolve_path
+                timed("zoogate cold", url, round_number)
+                timed("zoogate cached", url, round_number)
+                zoogate_rss.append(gateway.peak_rss_mib())
+                metrics = gateway.metrics_text()
+                pipeline_seconds.append({
+                    "disarm": proxy_bench.metric_sum(metrics, "zoogate_disarm_duration_seconds_sum"),
+                    "variation": proxy_bench.metric_sum(metrics, "zoogate_variation_duration_seconds_sum"),
+                    "clients_held": proxy_bench.metric_sum(metrics, "zoogate_clients_held_total")})
+                if served is None:
+                    served = artifact_facts(checked_artifact(url, checkpoint_file))
+            with contextlib.ExitStack() as fresh:
+                gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates, **sections)
+                url = gateway.hub_url + tensors_file.resolve_path
+                timed("zoogate safetensors pass-through", url, round_number)
+                if round_number == 1:
+                    checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
+
+    nginx, cold, cached, passed = (measured[name].wall_seconds for name in measured)
+    ratio = cold / nginx
+    figures = [
+        Figure("nginx proxy_pass, the checkpoint's bytes: wall time", nginx, "s"),
+        Figure("zoogate, cold checkpoint (fetch, disarm, serve): wall time", cold, "s",
+               {"nginx proxy_pass": ratio, "zoogate safetensors pass-through": cold / passed},
+               target=f"<= {COLD_PICKLE_RATIO_TARGET}x nginx proxy_pass", met=ratio <= COLD_PICKLE_RATIO_TARGET),
+        Figure("zoogate, same-size safetensors pass-through: wall time", passed, "s", {"nginx proxy_pass": passed / nginx}),
+        Figure("zoogate, the checkpoint again (cached): wall time", cached, "s", {"nginx proxy_pass": cached / nginx}),
+        Figure("zoogate, cold checkpoint: peak RSS (VmHWM)", statistics.median(zoogate_rss), "MiB"),
+    ]
+    disarm = [entry["disarm"] for entry in pipeline_seconds if entry["disarm"] is not None]
+    if disarm:
+        figures.append(Figure("zoogate disarm duration (its metric)", statistics.median(disarm), "s",
+                              {"zoogate cold": statistics.median(disarm) / cold}))
+    details = {
+        "checkpoint": {"path": str(checkpoint), "size": checkpoint_file.size, "sha256": checkpoint_file.sha256},
+        "safetensors": {"path": str(tensors), "size": tensors_file.size, "sha256": tensors_file.sha256},
+        "served_checkpoint": served, "zoogate_pipeline_metrics": pipeline_seconds,
+        "zoogate_peak_rss_mib": zoogate_rss, "zoogate_config_sections": sections,
+        "measurements": {name: measurement.to_json() for name, measurement in measured.items()},
+    }
+    return BenchResult(figures, details)
+
+
+def bench_proxy_concurrent(options):
+    zoogate = require_tool(options.zoogate, "--zoogate")
+    folder = options.work / "proxy-concurrent"
+    checkpoint = cached_small_checkpoint(options.work)
+    file = proxy_bench.HubFile(SMALL_BENCH_REPO, "pytorch_model.bin", checkpoint)
+    count = options.concurrent
+    log_path = folder / "runs.log"
+    reports = {"nginx static": [], "zoogate": []}
+    with contextlib.ExitStack() as stack:
+        certificates, origin, front = start_hub_servers(stack, folder, [file])
+        gateway = start_zoogate(stack, zoogate, folder / "zoogate", origin, certificates,
+                                pipeline={"client_wait": CLIENT_WAIT})
+        urls = {"nginx static": f"{front.url}/static/{file.name}", "zoogate": gateway.hub_url + file.resolve_path}
+        print("  warming zoogate's cache with one download", flush=True)
+        first = checked_artifact(urls["zoogate"], file)
+        expected = {"nginx static": file.sha256, "zoogate": first["sha256"]}
+        checked_download(urls["nginx static"], file.sha256, "nginx static")
+        rss_after_warming = gateway.peak_rss_mib()
+        log_path.write_bytes(b"")
+        for round_number in range(1, options.runs + 1):
+            for name, url in urls.items():
+                print(f"  round {round_number}/{options.runs}: {name}, {count} downloads at once", flush=True)
+                report = proxy_bench.fetch_many(url, count, log_path)
+                for server in (origin, front, gateway):
+                    server.check_running()
+                report["summary"] = proxy_bench.summarize_downloads(report, expected[name])
+                del report["outcomes"]  # one entry per download; the summary keeps the failures' reasons
+                reports[name].append(report)
+        zoogate_rss, nginx_rss = gateway.peak_rss_mib(), front.workers_peak_rss_mib()
+        metrics_path = folder / "zoogate-metrics.txt"
+        metrics_path.write_text(gateway.metrics_text())
+
+    seconds = {name: statistics.median(report["total_seconds"] for report in runs) for name, runs in reports.items()}
+    failed = {name: sum(report["summary"]["failed"] for report in runs) for name, runs in reports.items()}
+    # The weakest run's concurrency: answers begun and not finished at once, as the client saw them.
+    answering = {name: min(report["peak"]["answering"] for report in runs) for name, runs in reports.items()}
+    figures = [
+        Figure(f"nginx static: {count} concurrent downloads, wall time", seconds["nginx static"], "s"),
+        Figure(f"zoogate (cached): {count} concurrent downloads, wall time", seconds["zoogate"], "s",
+               {"nginx static": seconds["zoogate"] / seconds["nginx static"]}),
+        Figure(f"zoogate: failed downloads of {count * options.runs}", failed["zoogate"], "",
+               target="0 (non-200, transport error, bytes unlike the first download)", met=failed["zoogate"] == 0),
+        Figure(f"nginx static: failed downloads of {count * options.runs}", failed["nginx static"], ""),
+        Figure("zoogate: answers in progress at once (lowest peak of the runs)", answering["zoogate"], "",
+               {"nginx static": answering["zoogate"] / max(1, answering["nginx static"])}),
+        Figure("zoogate: peak RSS (VmHWM)", zoogate_rss, "MiB", {"nginx workers": zoogate_rss / nginx_rss},
+               target=f"< {CONCURRENT_RSS_BUDGET_MIB} MiB", met=zoogate_rss < CONCURRENT_RSS_BUDGET_MIB),
+    ]
+    details = {
+        "file": {"path": str(checkpoint), "size": file.size, "sha256": file.sha256},
+        "served": artifact_facts(first), "urls": urls, "downloads_at_once": count,
+        "zoogate_peak_rss_mib_after_warming": rss_after_warming, "nginx_workers_peak_rss_mib": nginx_rss,
+        "zoogate_config": gateway.config, "zoogate_metrics": str(metrics_path),
+        "runs": reports,
+    }
+    return BenchResult(figures, details)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Driver
 
 
@@ -453,6 +790,14 @@ BENCHMARKS = {
     "sanitize": bench_sanitize,
     "mtd": bench_mtd,
     "pickle_vm": bench_pickle_vm,
+    "proxy_pass_through": bench_proxy_pass_through,
+    "proxy_cold_pickle": bench_proxy_cold_pickle,
+    "proxy_concurrent": bench_proxy_concurrent,
+}
+
+# Names --only accepts for several benchmarks at once.
+BENCHMARK_GROUPS = {
+    "proxy": [name for name in BENCHMARKS if name.startswith("proxy_")],
 }
 
 
@@ -468,6 +813,8 @@ def host_description():
 
 
 def format_value(value, unit):
+    if isinstance(value, int):
+        return f"{value} {unit}".rstrip()
     return f"{value:.3f} {unit}" if value < 10 else f"{value:.1f} {unit}"
 
 
@@ -492,21 +839,30 @@ def print_table(results):
 
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--zoogate", help="the zoogate executable (for the sanitize benchmark)")
+    parser.add_argument("--zoogate", help="the zoogate executable (for the sanitize, mtd and proxy benchmarks)")
     parser.add_argument("--bench-vm", help="the bench_pickle_vm executable (for the pickle_vm benchmark)")
     parser.add_argument("--work", type=Path, required=True,
                         help="folder for generated inputs (kept and reused), outputs, logs and results")
-    parser.add_argument("--only", action="append", choices=BENCHMARKS,
-                        help="run only this benchmark (repeatable); default: all")
+    parser.add_argument("--only", action="append", choices=[*BENCHMARKS, *BENCHMARK_GROUPS],
+                        help="run only this benchmark or group (repeatable): "
+                             + "; ".join(f"{group} = {', '.join(names)}" for group, names in BENCHMARK_GROUPS.items())
+                             + "; default: all")
     parser.add_argument("--runs", type=int, default=3,
                         help="rounds: runs of each external command or self-timing program (default 3)")
     parser.add_argument("--vm-runs", type=int, default=10,
                         help="timed runs of each unpickler within one process (default 10)")
     parser.add_argument("--checkpoint-mib", type=int, default=1024,
-                        help="size of the generated checkpoint (default 1024; about 340 at least)")
+                        help="size of the generated checkpoint and of the pass-through safetensors file "
+                             "(default 1024; about 340 at least)")
+    parser.add_argument("--concurrent", type=int, default=1000,
+                        help="downloads at once in the proxy_concurrent benchmark (default 1000)")
     options = parser.parse_args()
-    if options.runs < 1 or options.vm_runs < 1:
-        parser.error("--runs and --vm-runs must be at least 1")
+    if options.runs < 1 or options.vm_runs < 1 or options.concurrent < 1:
+        parser.error("--runs, --vm-runs and --concurrent must be at least 1")
+    # Groups become their benchmarks, in BENCHMARKS' order, each once.
+    if options.only:
+        chosen = {name for choice in options.only for name in BENCHMARK_GROUPS.get(choice, [choice])}
+        options.only = [name for name in BENCHMARKS if name in chosen]
     return options
 
 
@@ -524,7 +880,7 @@ def main():
                              "details": result.details}
         except Skipped as reason:
             results[name] = {"skipped": f"skipped: {reason}"}
-        except BenchError as error:
+        except (BenchError, proxy_bench.ProxyBenchError) as error:
             results[name] = {"error": str(error)}
             harness_failed = True
     print_table(results)

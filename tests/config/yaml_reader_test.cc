@@ -114,6 +114,19 @@ TEST(YamlMapping, NestedPathsAndRequiredKeys) {
   EXPECT_FALSE(b.find("c"));
 }
 
+TEST(YamlMapping, OpenMappingsTakeAnyPlainUniqueKey) {
+  auto users = value_of("v: {alice: x, 'bob smith': y}").as_open_mapping().value();
+  ASSERT_EQ(users.entries().size(), 2u);
+  EXPECT_EQ(users.entries()[0].first, "alice");
+  EXPECT_EQ(users.entries()[1].first, "bob smith");
+  EXPECT_EQ(users.require("bob smith")->path(), "v.bob smith");
+  EXPECT_TRUE(value_of("v: {}").as_open_mapping().value().entries().empty());
+  EXPECT_EQ(error_of(value_of("v: {a: 1, a: 2}").as_open_mapping()),
+            "t.yaml:1:11: duplicate key 'a' in 'v' (first given at t.yaml:1:8)");
+  EXPECT_EQ(error_of(value_of("v: {[a]: 1}").as_open_mapping()), "t.yaml:1:5: keys in 'v' must be plain strings");
+  EXPECT_EQ(error_of(value_of("v: [a]").as_open_mapping()), "t.yaml:1:4: 'v' must be a mapping, got a list");
+}
+
 TEST(YamlScalar, Strings) {
   EXPECT_EQ(value_of("v: hello").as_string().value(), "hello");
   EXPECT_EQ(value_of("v: 'true'").as_string().value(), "true");
@@ -125,6 +138,16 @@ TEST(YamlScalar, Strings) {
             "t.yaml:1:4: 'v' has the explicit tag 'tag:yaml.org,2002:str'; tags are not supported");
   EXPECT_EQ(error_of(value_of("v: !custom x").as_string()),
             "t.yaml:1:4: 'v' has the explicit tag '!custom'; tags are not supported");
+}
+
+TEST(YamlScalar, StringsThatMayBeEmpty) {
+  EXPECT_EQ(value_of("v: ''").as_string_or_empty().value(), "");
+  EXPECT_EQ(value_of("v: \"\"").as_string_or_empty().value(), "");
+  EXPECT_EQ(value_of("v: path/to/file").as_string_or_empty().value(), "path/to/file");
+  EXPECT_EQ(error_of(value_of("v:").as_string_or_empty()), "t.yaml:1:1: 'v' must be a string, got nothing");
+  EXPECT_EQ(error_of(value_of("v: [a]").as_string_or_empty()), "t.yaml:1:4: 'v' must be a string, got a list");
+  EXPECT_EQ(error_of(value_of("v: !!str ''").as_string_or_empty()),
+            "t.yaml:1:4: 'v' has the explicit tag 'tag:yaml.org,2002:str'; tags are not supported");
 }
 
 TEST(YamlScalar, BooleansAreExactlyTrueOrFalse) {
@@ -191,6 +214,34 @@ TEST(YamlScalar, DurationsNeedAUnit) {
     EXPECT_THAT(error_of(value_of(text).as_duration(milliseconds(1000), milliseconds(60000))),
                 HasSubstr("'v' must be a duration"))
         << text;
+  }
+}
+
+TEST(YamlScalar, FormattedSizesAndDurationsReadBack) {
+  EXPECT_EQ(format_byte_size(0), "0B");
+  EXPECT_EQ(format_byte_size(1025), "1025B");
+  EXPECT_EQ(format_byte_size(8ull << 20), "8MiB");
+  EXPECT_EQ(format_byte_size(50ull << 30), "50GiB");
+  EXPECT_EQ(format_byte_size(1024ull << 40), "1024TiB");
+  EXPECT_EQ(format_duration(milliseconds(0)), "0ms");
+  EXPECT_EQ(format_duration(milliseconds(1500)), "1500ms");
+  EXPECT_EQ(format_duration(milliseconds(90'000)), "90s");
+  EXPECT_EQ(format_duration(milliseconds(86'400'000)), "24h");
+  for (uint64_t bytes : {uint64_t{1}, uint64_t{4096}, uint64_t{3} << 30, kMax}) {
+    EXPECT_EQ(value_of("v: " + format_byte_size(bytes)).as_byte_size(0, kMax).value(), bytes);
+  }
+  for (milliseconds duration : {milliseconds(1), milliseconds(61'000), milliseconds(7'200'000)}) {
+    EXPECT_EQ(value_of("v: " + format_duration(duration)).as_duration(milliseconds(0), milliseconds(86'400'000)).value(),
+              duration);
+  }
+}
+
+TEST(ParseDecimal, PlainDigitsOnly) {
+  EXPECT_EQ(parse_decimal("0"), 0u);
+  EXPECT_EQ(parse_decimal("65535"), 65535u);
+  EXPECT_EQ(parse_decimal("18446744073709551615"), kMax);
+  for (std::string_view text : {"", "00", "080", "+1", "-1", " 1", "1 ", "0x10", "18446744073709551616"}) {
+    EXPECT_FALSE(parse_decimal(text)) << text;
   }
 }
 

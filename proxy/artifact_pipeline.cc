@@ -1,0 +1,439 @@
+#include "proxy/artifact_pipeline.h"
+
+#include <atomic>
+#include <filesystem>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include "cdr/report.h"
+#include "cdr/sanitize.h"
+#include "common/byte_sink.h"
+#include "common/encoding.h"
+#include "mtd/dsse.h"
+#include "mtd/layout_variation.h"
+#include "mtd/manifest.h"
+#include "proxy/access_log.h"
+#include "proxy/metrics.h"
+#include "proxy/spool_file.h"
+
+namespace zoogate::proxy {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
+// Piece size of the download loop: the only buffer a download holds, whatever the file's size.
+constexpr size_t kDownloadChunkBytes = 1 << 20;
+
+// Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
+// LFS) are identified by it, and it is all that lets zoogate check their bytes.
+class GitBlobHasher {
+ public:
+  explicit GitBlobHasher(uint64_t size) : context_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+    EVP_DigestInit_ex(context_.get(), EVP_sha1(), nullptr);
+    const std::string prefix = "blob " + std::to_string(size);
+    EVP_DigestUpdate(context_.get(), prefix.data(), prefix.size() + 1);  // with the terminating NUL
+  }
+  void update(std::span<const uint8_t> bytes) { EVP_DigestUpdate(context_.get(), bytes.data(), bytes.size()); }
+  std::string finish_hex() {
+    std::array<uint8_t, 20> digest{};
+    unsigned length = 0;
+    EVP_DigestFinal_ex(context_.get(), digest.data(), &length);
+    return to_hex(digest);
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context_;
+};
+
+// Measures the time the variation's planning takes inside a sanitize run.
+class TimedPlanner final : public cdr::LayoutPlanner {
+ public:
+  explicit TimedPlanner(const cdr::LayoutPlanner& inner) : inner_(inner) {}
+  Result<cdr::LayoutPlan> plan(const cdr::ValueTree& tree, const std::vector<cdr::StorageInfo>& storages) const override {
+    const auto started = std::chrono::steady_clock::now();
+    auto plan = inner_.plan(tree, storages);
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    return plan;
+  }
+  double seconds() const { return seconds_; }
+
+ private:
+  const cdr::LayoutPlanner& inner_;
+  mutable double seconds_ = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point started) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+}
+
+ArtifactOutcome failed_outcome(std::string reason, std::string reason_code) {
+  ArtifactOutcome outcome;
+  outcome.state = ArtifactOutcome::State::kFailed;
+  outcome.reason = std::move(reason);
+  outcome.reason_code = std::move(reason_code);
+  return outcome;
+}
+
+std::string blocked_record_name(const std::string& key_name) { return "blocked/" + key_name; }
+std::string manifest_record_name(std::string_view served_hex) { return "manifest/" + std::string(served_hex); }
+
+// The metrics label of a block: the first finding that the policy blocks on, else the error's kind.
+ReasonLabel blocked_reason(const cdr::SanitizeReport& report) {
+  for (const cdr::Finding& finding : report.findings) {
+    if (finding.action == cdr::Action::kBlock) return reason_label(finding.kind);
+  }
+  return reason_label(report.error->code);
+}
+
+ArtifactOutcome ready_outcome(CachedArtifact artifact) {
+  ArtifactOutcome outcome;
+  outcome.state = ArtifactOutcome::State::kReady;
+  outcome.verdict = artifact.meta.value("verdict", "");
+  outcome.upstream_sha256 = artifact.meta.value("upstream_sha256", "");
+  outcome.policy_version = artifact.meta.value("policy_version", "");
+  outcome.artifact = std::move(artifact);
+  return outcome;
+}
+
+}  // namespace
+
+std::string UpstreamFile::upstream_id() const {
+  return lfs_sha256 ? "sha256:" + to_hex(*lfs_sha256) : "git:" + git_blob_id;
+}
+
+class ArtifactPipeline::Job {
+ public:
+  UpstreamFile file;
+  std::string scope;
+  CacheKey key;
+  std::string key_name;
+  cdr::Policy policy;
+  std::shared_ptr<SpoolFile> spool;
+  std::atomic<bool> abandoned{false};  // set when the download is no longer needed
+  Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
+  std::optional<InFlight> in_progress;  // counts the job in zoogate_artifacts_in_progress
+
+  std::mutex mutex;
+  std::optional<ArtifactOutcome> outcome;                         // guarded by mutex
+  std::vector<std::shared_ptr<asio::steady_timer>> waiters;       // guarded by mutex
+};
+
+ArtifactPipeline::ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
+                                   mtd::PrivateKey signing_key, asio::thread_pool& workers, Metrics& metrics,
+                                   AccessLog& log)
+    : settings_(std::move(settings)),
+      policies_(std::move(policies)),
+      cache_(cache),
+      signing_key_(std::move(signing_key)),
+      signing_public_key_(signing_key_.public_key()),
+      workers_(workers),
+      metrics_(metrics),
+      log_(log) {}
+
+ArtifactPipeline::~ArtifactPipeline() { shut_down(); }
+
+CacheKey ArtifactPipeline::key_for(const UpstreamFile& file, std::string_view scope) const {
+  // The variant is named by what selects it; the scope itself never appears in a file name, only
+  // inside the key's hash.
+  std::string variant = settings_.mtd_secret.empty()
+                            ? "canonical"
+                            : "layout:" + std::string(scope) + ":" + std::to_string(settings_.mtd_epoch) +
+                                  (settings_.permute_weights ? ":weights" : "");
+  return CacheKey{file.upstream_id(), policies_.policy_for(file.repository).version, std::move(variant)};
+}
+
+asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::lookup(const UpstreamFile& file, std::string scope) {
+  CacheKey key = key_for(file, scope);
+  co_return co_await asio::co_spawn(
+      workers_,
+      [this, key]() -> asio::awaitable<std::optional<ArtifactOutcome>> {
+        auto cached = cache_.lookup(key);
+        if (cached && *cached) co_return ready_outcome(std::move(**cached));
+        auto blocked = cache_.read_record(blocked_record_name(key.name()));
+        if (blocked && *blocked) {
+          auto json = nlohmann::json::parse(**blocked, nullptr, false);
+          if (json.is_object()) {
+            ArtifactOutcome outcome;
+            outcome.state = ArtifactOutcome::State::kBlocked;
+            outcome.reason = json.value("reason", "blocked by policy");
+            outcome.reason_code = json.value("reason_code", "blocked");
+            co_return outcome;
+          }
+        }
+        co_return std::nullopt;
+      },
+      asio::use_awaitable);
+}
+
+bool ArtifactPipeline::running(const UpstreamFile& file, std::string_view scope) {
+  std::lock_guard lock(jobs_mutex_);
+  return jobs_.count(key_for(file, scope).name()) != 0;
+}
+
+asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait(const UpstreamFile& file,
+                                                                       std::string_view scope,
+                                                                       std::chrono::milliseconds wait) {
+  std::shared_ptr<Job> job;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    auto found = jobs_.find(key_for(file, scope).name());
+    if (found != jobs_.end()) job = found->second;
+  }
+  if (!job) co_return std::nullopt;
+  co_return co_await wait_for_job(std::move(job), wait);
+}
+
+asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::start_and_wait(const UpstreamFile& file,
+                                                                                 std::string scope, UpstreamBody body,
+                                                                                 std::chrono::milliseconds wait) {
+  CacheKey key = key_for(file, scope);
+  std::string key_name = key.name();
+  std::shared_ptr<Job> job;
+  bool started = false;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    if (shutting_down_) co_return failed_outcome("zoogate is shutting down", "shutdown");
+    auto found = jobs_.find(key_name);
+    if (found != jobs_.end()) {
+      job = found->second;
+    } else {
+      job = std::make_shared<Job>();
+      job->file = file;
+      job->scope = std::move(scope);
+      job->key = std::move(key);
+      job->key_name = key_name;
+      job->policy = policies_.policy_for(file.repository);
+      jobs_.emplace(key_name, job);
+      started = true;
+    }
+  }
+  if (started) run_job(job, std::move(body));
+  co_return co_await wait_for_job(std::move(job), wait);
+}
+
+asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait_for_job(std::shared_ptr<Job> job,
+                                                                              std::chrono::milliseconds wait) {
+  auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor, wait);
+  {
+    std::lock_guard lock(job->mutex);
+    if (job->outcome) co_return job->outcome;
+    job->waiters.push_back(timer);
+  }
+  // finish_job() cancels the timer through its executor, after this coroutine has started waiting:
+  // the session's strand runs one step at a time.
+  co_await timer->async_wait(kAsTuple);
+  std::lock_guard lock(job->mutex);
+  std::erase(job->waiters, timer);
+  co_return job->outcome;
+}
+
+void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body) {
+  job->in_progress.emplace(metrics_.artifact_in_progress());
+  if (job->file.size > settings_.max_artifact_size) {
+    ArtifactOutcome outcome;
+    outcome.state = ArtifactOutcome::State::kBlocked;
+    outcome.reason = "the file has " + std::to_string(job->file.size) + " bytes, more than pipeline.max_artifact_size (" +
+                     std::to_string(settings_.max_artifact_size) + ")";
+    outcome.reason_code = "limit";
+    finish_job(job, std::move(outcome));
+    return;
+  }
+  auto spool = SpoolFile::create(cache_.temporary_path("spool"), job->file.size);
+  if (!spool) {
+    finish_job(job, failed_outcome("cannot spool the download: " + spool.error().describe(), "io"));
+    return;
+  }
+  job->spool = std::move(*spool);
+  asio::any_io_executor executor = body.response->executor();
+  asio::co_spawn(executor, download(job, std::move(body)), asio::detached);
+  asio::post(workers_, [this, job] { finish_job(job, disarm(*job)); });
+}
+
+asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
+  SpoolFile& spool = *job->spool;
+  Sha256 sha256;
+  std::optional<GitBlobHasher> git;
+  if (!job->file.lfs_sha256) git.emplace(job->file.size);
+  auto take = [&](std::span<const uint8_t> bytes) -> Status {
+    sha256.update(bytes);
+    if (git) git->update(bytes);
+    return spool.append(bytes);
+  };
+  if (auto appended = take(body.first_bytes); !appended) co_return spool.finish(appended);
+  std::vector<uint8_t> chunk(kDownloadChunkBytes);
+  for (;;) {
+    if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
+    auto got = co_await body.response->read_some(chunk);
+    if (!got) co_return spool.finish(tl::unexpected(got.error()));
+    if (*got == 0) break;
+    if (auto appended = take(std::span(chunk.data(), *got)); !appended) {
+      metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
+      co_return spool.finish(appended);
+    }
+  }
+  const Sha256::Digest received = sha256.finish();
+  if (job->file.lfs_sha256 && received != *job->file.lfs_sha256) {
+    metrics_.count_upstream_error(UpstreamErrorReason::kDigestMismatch);
+    co_return spool.finish(fail(ErrorCode::kIntegrity, "the bytes received have SHA-256 " + to_hex(received) +
+                                                           ", not the " + to_hex(*job->file.lfs_sha256) +
+                                                           " the upstream announced (X-Linked-Etag)"));
+  }
+  if (git) {
+    const std::string blob_id = git->finish_hex();
+    if (blob_id != job->file.git_blob_id) {
+      metrics_.count_upstream_error(UpstreamErrorReason::kDigestMismatch);
+      co_return spool.finish(fail(ErrorCode::kIntegrity, "the bytes received have git blob id " + blob_id +
+                                                             ", not the " + job->file.git_blob_id +
+                                                             " the upstream announced (ETag)"));
+    }
+  }
+  job->received_sha256 = received;
+  metrics_.count_upstream_fetch();
+  spool.finish({});
+}
+
+ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
+  // Another process sharing the cache may be filling the same entry; the lock makes it one fill, and
+  // the entry it leaves is ours too.
+  auto fill_lock = cache_.acquire_fill_lock(job.key);
+  if (!fill_lock) return failed_outcome("cannot lock the cache: " + fill_lock.error().describe(), "io");
+  if (auto cached = cache_.lookup(job.key); cached && *cached) {
+    job.abandoned = true;
+    return ready_outcome(std::move(**cached));
+  }
+
+  // The variant is keyed by the upstream file's SHA-256: announced for LFS files, computed for the
+  // small files kept in git (whose download then has to end first).
+  Sha256::Digest upstream_sha256{};
+  if (job.file.lfs_sha256) {
+    upstream_sha256 = *job.file.lfs_sha256;
+  } else {
+    if (auto downloaded = job.spool->wait_finished(); !downloaded) {
+      return failed_outcome(downloaded.error().message,
+                            downloaded.error().code == ErrorCode::kIntegrity ? "digest_mismatch" : "upstream");
+    }
+    upstream_sha256 = job.received_sha256;
+  }
+  std::unique_ptr<mtd::LayoutVariation> variation;
+  if (!settings_.mtd_secret.empty()) {
+    auto made = mtd::make_variation(mtd::VariationSettings{settings_.mtd_secret, job.scope, upstream_sha256,
+                                                           settings_.mtd_epoch, settings_.permute_weights,
+                                                           std::nullopt});
+    if (!made) return failed_outcome("cannot set up the variation: " + made.error().describe(), "internal");
+    variation = std::move(*made);
+  }
+  std::optional<TimedPlanner> timed_planner;
+  if (variation) timed_planner.emplace(*variation);
+
+  auto writer = cache_.begin(job.key);
+  if (!writer) return failed_outcome("cannot write to the cache: " + writer.error().describe(), "io");
+  auto sink = AtomicFileSink::create((*writer)->body_path());
+  if (!sink) return failed_outcome("cannot write to the cache: " + sink.error().describe(), "io");
+  cdr::SanitizeOptions options;
+  options.layout = timed_planner ? &*timed_planner : nullptr;
+  options.known_input_sha256 = upstream_sha256;
+  const auto started = std::chrono::steady_clock::now();
+  std::unique_ptr<ByteSource> input = job.spool->reader();
+  cdr::SanitizeReport report = cdr::sanitize(*input, job.policy, options, **sink);
+  metrics_.observe_disarm_seconds(seconds_since(started));
+  if (timed_planner) metrics_.observe_variation_seconds(timed_planner->seconds());
+
+  // A broken or forged download decides the outcome whatever the parser made of the bytes it got.
+  if (auto downloaded = job.spool->wait_finished(); !downloaded) {
+    std::filesystem::remove(job.spool->path());
+    return failed_outcome(downloaded.error().message,
+                          downloaded.error().code == ErrorCode::kIntegrity ? "digest_mismatch" : "upstream");
+  }
+  std::error_code ignored;
+  std::filesystem::remove(job.spool->path(), ignored);
+
+  if (report.verdict == cdr::Verdict::kBlocked) {
+    const Error& why = *report.error;
+    metrics_.count_verdict(VerdictLabel::kBlocked, blocked_reason(report));
+    ArtifactOutcome outcome;
+    outcome.state = ArtifactOutcome::State::kBlocked;
+    outcome.reason = why.describe();
+    outcome.reason_code = std::string(to_string(why.code));
+    nlohmann::json record = {{"reason", outcome.reason}, {"reason_code", outcome.reason_code},
+                             {"upstream_sha256", to_hex(upstream_sha256)}};
+    // Remembering the block spares the next client the download; failing to remember costs only that.
+    (void)cache_.write_record(blocked_record_name(job.key_name), record.dump());
+    log_.write_event("blocked", {{"repository", job.file.repository}, {"file", job.file.file_name},
+                                 {"upstream_sha256", to_hex(upstream_sha256)}, {"reason", outcome.reason}});
+    return outcome;
+  }
+  if (auto committed = (*sink)->commit(); !committed) {
+    return failed_outcome("cannot write to the cache: " + committed.error().describe(), "io");
+  }
+  metrics_.count_verdict(verdict_label(report.verdict), report.findings.empty() ? ReasonLabel::kNone : reason_label(report.findings.front().kind));
+
+  const std::string seed_id = variation ? variation->seed_id() : "";
+  auto manifest = mtd::sanitized_file_manifest(job.file.file_name, (*writer)->body_path(), report, job.policy,
+                                               upstream_sha256, seed_id, std::nullopt);
+  if (!manifest) return failed_outcome("cannot describe the disarmed file: " + manifest.error().describe(), "internal");
+  auto bundle = mtd::sign_manifest(*manifest, signing_key_);
+  if (!bundle) return failed_outcome("cannot sign the manifest: " + bundle.error().describe(), "internal");
+  const std::string served_hex = to_hex(report.output_sha256);
+  if (auto stored = cache_.write_record(manifest_record_name(served_hex), *bundle); !stored) {
+    return failed_outcome("cannot store the manifest: " + stored.error().describe(), "io");
+  }
+  nlohmann::json meta = {{"verdict", std::string(cdr::to_string(report.verdict))},
+                         {"upstream_sha256", to_hex(upstream_sha256)},
+                         {"policy_version", job.policy.version},
+                         {"container", report.container},
+                         {"findings", report.findings.size()},
+                         {"seed_id", seed_id}};
+  auto committed = (*writer)->commit(meta, std::nullopt, report.output_sha256);
+  if (!committed) return failed_outcome("cannot publish the cache entry: " + committed.error().describe(), "io");
+  return ready_outcome(std::move(*committed));
+}
+
+void ArtifactPipeline::finish_job(const std::shared_ptr<Job>& job, ArtifactOutcome outcome) {
+  if (outcome.state == ArtifactOutcome::State::kFailed && job->spool) {
+    job->abandoned = true;
+    log_.write_event("artifact_failed", {{"repository", job->file.repository}, {"file", job->file.file_name},
+                                         {"reason", outcome.reason}});
+  }
+  std::vector<std::shared_ptr<asio::steady_timer>> waiters;
+  {
+    std::lock_guard lock(job->mutex);
+    job->outcome = std::move(outcome);
+    waiters.swap(job->waiters);
+  }
+  {
+    std::lock_guard lock(jobs_mutex_);
+    jobs_.erase(job->key_name);
+  }
+  job->in_progress.reset();
+  for (auto& timer : waiters) {
+    asio::post(timer->get_executor(), [timer] { timer->cancel(); });
+  }
+}
+
+Result<std::optional<std::string>> ArtifactPipeline::manifest(std::string_view served_sha256_hex) {
+  return cache_.read_record(manifest_record_name(served_sha256_hex));
+}
+
+void ArtifactPipeline::shut_down() {
+  std::vector<std::shared_ptr<Job>> running;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    shutting_down_ = true;
+    for (auto& [name, job] : jobs_) running.push_back(job);
+  }
+  for (auto& job : running) {
+    job->abandoned = true;
+    if (job->spool) job->spool->finish(fail(ErrorCode::kIo, "zoogate is shutting down"));
+  }
+}
+
+}  // namespace zoogate::proxy

@@ -1,0 +1,146 @@
+// The artifact pipeline: an upstream pickle-bearing file becomes a disarmed, varied, signed artifact
+// in the cache, once, however many clients ask for it at the same time.
+//
+//   download (I/O thread) -> spool file -> sanitize with layout variation (worker) -> manifest, signed
+//   -> cache entry (atomic) -> every waiting client
+//
+// The disarm reads the spool while the download is still writing it, so that for formats whose parser
+// can start at the first byte the answer is ready soon after the last byte. The bytes received must
+// match the upstream's digest (X-Linked-Etag for LFS files, the git blob id otherwise); on a mismatch,
+// a broken download or a lying length nothing is cached and every waiting client gets a 502.
+//
+// Jobs are keyed by the cache key (upstream file, policy version, variant). Within a process a map of
+// running jobs joins concurrent requests; across processes sharing the cache folder the cache's fill
+// lock does, and the second process finds the first one's entry.
+//
+// Thread safety: every public method may be called from any thread. Blocking work runs on the worker
+// pool given at construction; the coroutines never block an I/O thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "cdr/policy.h"
+#include "common/error.h"
+#include "common/sha256.h"
+#include "config/policy_config.h"
+#include "mtd/signing.h"
+#include "proxy/artifact_cache.h"
+#include "proxy/upstream_client.h"
+
+namespace zoogate::proxy {
+
+class Metrics;
+class AccessLog;
+
+// What the upstream said about one file before its bytes arrived.
+struct UpstreamFile {
+  std::string repository;  // canonical id ("owner/name", "datasets/owner/name"): selects the policy
+  std::string file_name;   // the path's last component, for the manifest
+  std::string commit;      // X-Repo-Commit
+  std::optional<Sha256::Digest> lfs_sha256;  // X-Linked-Etag of an LFS file
+  std::string git_blob_id;                   // ETag of a file stored in git (40 hex digits)
+  uint64_t size = 0;
+  // The identity the cache is keyed by: "sha256:<hex>" for LFS files, "git:<blob id>" otherwise.
+  std::string upstream_id() const;
+};
+
+// The result of the pipeline for one variant of one file.
+struct ArtifactOutcome {
+  enum class State { kReady, kBlocked, kFailed };
+  State state = State::kFailed;
+  // kReady: the served file.
+  CachedArtifact artifact;
+  std::string verdict;          // "clean" or "disarmed"
+  std::string upstream_sha256;  // hex of the file as upstream served it
+  std::string policy_version;
+  // kBlocked (403, remembered) and kFailed (502, not remembered): why, in words a user can act on.
+  std::string reason;
+  std::string reason_code;  // a short stable name ("forbidden_global", "digest_mismatch", ...)
+};
+
+// A download handed to the pipeline: the open upstream response and the bytes already read from it
+// (to identify the content).
+struct UpstreamBody {
+  std::unique_ptr<UpstreamResponse> response;
+  std::vector<uint8_t> first_bytes;
+};
+
+struct PipelineSettings {
+  std::chrono::milliseconds client_wait{60'000};
+  uint64_t max_artifact_size = 64ull << 30;
+  std::vector<uint8_t> mtd_secret;  // empty: no layout variation (canonical layout)
+  uint64_t mtd_epoch = 0;
+  bool permute_weights = false;
+};
+
+class ArtifactPipeline {
+ public:
+  ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
+                   mtd::PrivateKey signing_key, boost::asio::thread_pool& workers, Metrics& metrics,
+                   AccessLog& log);
+  ~ArtifactPipeline();
+
+  // The cache key of `file` for a client with MTD scope `scope`.
+  CacheKey key_for(const UpstreamFile& file, std::string_view scope) const;
+
+  // A finished outcome that needs no download: a cache entry or a remembered block. Runs on the
+  // worker pool (the first read of an entry verifies its digest).
+  boost::asio::awaitable<std::optional<ArtifactOutcome>> lookup(const UpstreamFile& file, std::string scope);
+
+  // True when a job for this key is running in this process: a caller can wait() without a body.
+  bool running(const UpstreamFile& file, std::string_view scope);
+
+  // Starts the job with `body` unless one is running for the key (then `body` is dropped), and waits
+  // for it. Returns nullopt when `wait` passed first: the job goes on and the client may come back.
+  boost::asio::awaitable<std::optional<ArtifactOutcome>> start_and_wait(const UpstreamFile& file, std::string scope,
+                                                                        UpstreamBody body,
+                                                                        std::chrono::milliseconds wait);
+  // Waits for a running job (see running()); nullopt when `wait` passed first or no job is running.
+  boost::asio::awaitable<std::optional<ArtifactOutcome>> wait(const UpstreamFile& file, std::string_view scope,
+                                                              std::chrono::milliseconds wait);
+
+  // The signed manifest of a served file by its SHA-256 (hex), when this cache holds it.
+  Result<std::optional<std::string>> manifest(std::string_view served_sha256_hex);
+
+  const PipelineSettings& settings() const { return settings_; }
+  const mtd::PublicKey& signing_public_key() const { return signing_public_key_; }
+  cdr::Policy policy_for(std::string_view repository) const { return policies_.policy_for(repository); }
+
+  // Jobs in progress are abandoned (their downloads fail, their clients get 502); new ones are refused.
+  void shut_down();
+
+ private:
+  class Job;
+  boost::asio::awaitable<std::optional<ArtifactOutcome>> wait_for_job(std::shared_ptr<Job> job,
+                                                                      std::chrono::milliseconds wait);
+  void run_job(std::shared_ptr<Job> job, UpstreamBody body);
+  boost::asio::awaitable<void> download(std::shared_ptr<Job> job, UpstreamBody body);
+  ArtifactOutcome disarm(Job& job);
+  void finish_job(const std::shared_ptr<Job>& job, ArtifactOutcome outcome);
+
+  PipelineSettings settings_;
+  config::PolicyConfig policies_;
+  ArtifactCache& cache_;
+  mtd::PrivateKey signing_key_;
+  mtd::PublicKey signing_public_key_;
+  boost::asio::thread_pool& workers_;
+  Metrics& metrics_;
+  AccessLog& log_;
+  std::mutex jobs_mutex_;
+  std::map<std::string, std::shared_ptr<Job>> jobs_;  // running, by cache key name
+  bool shutting_down_ = false;
+};
+
+}  // namespace zoogate::proxy

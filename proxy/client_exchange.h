@@ -1,0 +1,120 @@
+// One request of a client and the answer zoogate writes for it.
+//
+// Handlers answer through send() (a whole small answer) or through send_header() and send_body()
+// (a streamed answer whose Content-Length the header states). The exchange counts what it wrote for
+// the access log and the metrics, and adds the request id to every answer.
+//
+// A ClientExchange belongs to the connection's coroutine; it is not thread-safe. It writes through a
+// ClientConnection, so the same handlers answer plain connections and TLS connections of the egress
+// mode alike.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "common/error.h"
+#include "proxy/access_log.h"
+#include "proxy/metrics.h"
+
+namespace zoogate::proxy {
+
+using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
+using HttpHeader = boost::beast::http::response<boost::beast::http::empty_body>;
+using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+
+// The byte stream to one client. write() must make progress within the connection's write timeout
+// (a client that stops reading is dropped).
+class ClientConnection {
+ public:
+  virtual ~ClientConnection() = default;
+  virtual boost::asio::awaitable<boost::system::error_code> write(std::span<const uint8_t> bytes) = 0;
+  virtual void close() = 0;
+};
+
+// A ClientConnection over any Asio stream whose lowest layer is a beast::tcp_stream.
+template <typename Stream>
+class StreamConnection final : public ClientConnection {
+ public:
+  StreamConnection(Stream& stream, std::chrono::milliseconds write_timeout)
+      : stream_(stream), write_timeout_(write_timeout) {}
+  boost::asio::awaitable<boost::system::error_code> write(std::span<const uint8_t> bytes) override {
+    boost::beast::get_lowest_layer(stream_).expires_after(write_timeout_);
+    auto [error, written] = co_await boost::asio::async_write(
+        stream_, boost::asio::buffer(bytes.data(), bytes.size()), boost::asio::as_tuple(boost::asio::use_awaitable));
+    co_return error;
+  }
+  void close() override {
+    boost::beast::error_code ignored;
+    boost::beast::get_lowest_layer(stream_).socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
+    boost::beast::get_lowest_layer(stream_).close();
+  }
+
+ private:
+  Stream& stream_;
+  std::chrono::milliseconds write_timeout_;
+};
+
+class ClientExchange {
+ public:
+  ClientExchange(ClientConnection& connection, HttpRequest request, std::string client_address,
+                 std::string request_id);
+
+  const HttpRequest& request() const { return request_; }
+  bool is_head() const { return request_.method() == boost::beast::http::verb::head; }
+  const std::string& client_address() const { return client_address_; }
+  const std::string& request_id() const { return request_id_; }
+
+  // A complete answer: Content-Length and the request id are set here; HEAD requests get the header only.
+  boost::asio::awaitable<Status> send(HttpResponse response);
+  // A plain-text answer with `status`, and for errors X-Error-Code / X-Error-Message (what Hub clients
+  // show their users).
+  boost::asio::awaitable<Status> send_error(unsigned status, std::string_view error_code, std::string_view message);
+  // The header of a streamed answer; its Content-Length must be set by the caller.
+  boost::asio::awaitable<Status> send_header(HttpHeader header);
+  // Body bytes of a streamed answer (nothing is written for HEAD requests).
+  boost::asio::awaitable<Status> send_body(std::span<const uint8_t> bytes);
+  // Closes the connection: a streamed answer that cannot be completed must never look complete.
+  void abort();
+
+  bool answered() const { return status_ != 0; }
+  unsigned status() const { return status_; }
+  uint64_t bytes_sent() const { return bytes_sent_; }
+  bool keep_alive() const { return keep_alive_ && !aborted_; }
+  void close_after() { keep_alive_ = false; }
+
+  // Facts handlers leave for the access log and the metrics.
+  Route route = Route::kOther;
+  std::optional<VerdictLabel> verdict;
+  std::optional<CacheOutcome> cache;
+  std::optional<unsigned> upstream_status;
+  std::optional<std::string> error_message;
+  std::optional<std::string> user;  // the authenticated user (egress mode)
+
+ private:
+  boost::asio::awaitable<Status> write(std::string_view bytes);
+
+  ClientConnection& connection_;
+  HttpRequest request_;
+  std::string client_address_;
+  std::string request_id_;
+  unsigned status_ = 0;
+  uint64_t bytes_sent_ = 0;
+  bool keep_alive_;
+  bool aborted_ = false;
+};
+
+}  // namespace zoogate::proxy

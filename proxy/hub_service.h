@@ -1,0 +1,79 @@
+// The Hub router: zoogate's answer to every request of a Hub client (HF_ENDPOINT mode, and the
+// intercepted requests of the egress mode, which come through the same object).
+//
+//   /{repo}/resolve/{rev}/{path}   files: pickle-bearing ones through the artifact pipeline, safetensors
+//                                  after their header checks, everything else streamed untouched
+//   /api/...                       JSON passed on, rewritten where it describes rewritten files
+//   /zoogate/manifests/{sha}.sigstore.json, /zoogate/signing-key.pem
+//
+// Files are routed by their bytes, never by their names; what zoogate learned about a file (artifact
+// or pass-through) is remembered by its upstream identity, so a listing can describe the served bytes.
+// DESIGN.md section 5 is the contract this file implements.
+//
+// Thread safety: one HubService serves every connection; handle() runs concurrently on many
+// coroutines.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <nlohmann/json.hpp>
+
+#include "config/server_config.h"
+#include "proxy/artifact_pipeline.h"
+#include "proxy/client_exchange.h"
+#include "proxy/hub_route.h"
+#include "proxy/upstream_client.h"
+
+namespace zoogate::proxy {
+
+class Metrics;
+class AccessLog;
+
+class HubService {
+ public:
+  HubService(const config::ServerConfig& config, Url hub_url, std::shared_ptr<UpstreamClient> upstream,
+             ArtifactPipeline& pipeline, ArtifactCache& cache, boost::asio::thread_pool& workers, Metrics& metrics);
+
+  // Answers one request. `scope` names the client for MTD (its user or address).
+  boost::asio::awaitable<void> handle(ClientExchange& exchange, std::string scope);
+
+  // Warms the cache for every file of a repository at a revision: lists it and runs each
+  // pickle-bearing file through the pipeline (for `scope`). The summary says what happened per file.
+  boost::asio::awaitable<Result<nlohmann::json>> prefetch(RepoType type, std::string repository,
+                                                          std::string revision, std::string authorization,
+                                                          std::string scope);
+
+ private:
+  struct FileStart;
+  struct Obtained;
+
+  boost::asio::awaitable<void> handle_resolve(ClientExchange& exchange, const ResolveRoute& route, std::string scope);
+  boost::asio::awaitable<void> handle_api(ClientExchange& exchange, const ApiRoute& route, std::string scope);
+  boost::asio::awaitable<void> handle_zoogate(ClientExchange& exchange, std::string_view path);
+
+  boost::asio::awaitable<Result<FileStart>> start_file(const ResolveRoute& route, const std::string& authorization);
+  boost::asio::awaitable<Obtained> obtain(const ResolveRoute& route, const std::string& authorization,
+                                          const std::string& scope, bool need_pass_body);
+  boost::asio::awaitable<void> relay(ClientExchange& exchange, UpstreamResponse& response);
+  boost::asio::awaitable<void> serve_artifact(ClientExchange& exchange, const UpstreamFile& file,
+                                              const ArtifactOutcome& outcome);
+  boost::asio::awaitable<void> serve_pass_through(ClientExchange& exchange, Obtained& obtained);
+  boost::asio::awaitable<void> answer_pending(ClientExchange& exchange);
+
+  boost::asio::awaitable<std::optional<std::string>> remembered_route(const UpstreamFile& file);
+  void remember_route(const UpstreamFile& file, std::string_view kind);
+  std::string public_base(const ClientExchange& exchange) const;
+
+  const config::ServerConfig& config_;
+  Url hub_url_;
+  std::shared_ptr<UpstreamClient> upstream_;
+  ArtifactPipeline& pipeline_;
+  ArtifactCache& cache_;
+  boost::asio::thread_pool& workers_;
+  Metrics& metrics_;
+};
+
+}  // namespace zoogate::proxy

@@ -1,0 +1,39 @@
+// The zoogate server: the Hub endpoint listener (HF_ENDPOINT mode), the admin listener (/metrics,
+// /healthz, /readyz, /admin/prefetch) and, when configured, the egress listener.
+//
+// Threads: `io_threads` run the io_context on which every connection is a coroutine on its own strand;
+// `worker_threads` run the blocking work (disarm, variation, hashing, cache reads and writes). Nothing
+// on an I/O thread waits for a disk-bound computation.
+//
+// Lifetime: run() blocks until SIGTERM or SIGINT, then drains: listeners close, /readyz answers 503,
+// connections finish the request they are serving (up to kDrainTimeout) and close.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/error.h"
+#include "config/server_config.h"
+
+namespace zoogate::proxy {
+
+class ServerState;
+
+class Server {
+ public:
+  // Loads everything the configuration names (policy file, cache folder, MTD secret, signing key),
+  // creating the secret and the signing key in the cache folder on first start when the
+  // configuration names none.
+  static Result<std::unique_ptr<Server>> create(config::ServerConfig config);
+  ~Server();
+
+  // Binds the listeners, prints where they are (the first lines of stdout), serves until a signal,
+  // drains, and returns.
+  Status run();
+
+ private:
+  explicit Server(std::unique_ptr<ServerState> state);
+  std::unique_ptr<ServerState> state_;
+};
+
+}  // namespace zoogate::proxy

@@ -1,0 +1,143 @@
+// The proxy's HTTPS client for upstream hosts (the Hub, its CDN): verified TLS, a keep-alive connection
+// pool, a timeout on every wait, bounded retries of idempotent requests whose connection failed before
+// any response byte arrived, and bodies read piece by piece so that memory does not grow with a file.
+//
+// It never follows redirects: the caller decides, host by host, what it follows (DESIGN.md section 5).
+//
+// Thread safety: an UpstreamClient may be used from any number of coroutines on any threads of its
+// io_context. An UpstreamResponse belongs to the one coroutine that received it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
+#include "common/error.h"
+#include "proxy/address_policy.h"
+#include "proxy/metrics.h"
+
+namespace zoogate::proxy {
+
+// An absolute https URL, split for connecting and for the request line.
+struct Url {
+  std::string host;         // a name or an IP literal (without brackets)
+  uint16_t port = 443;
+  std::string target = "/";  // path and query, as sent in the request line
+
+  // Accepts https://host[:port][/path[?query]]; IPv6 literals in brackets. Anything else
+  // (another scheme, user info, a fragment, control characters) is kInvalidArgument.
+  static Result<Url> parse(std::string_view text);
+  // "https://host[:port]", the port only when it is not 443.
+  std::string origin() const;
+  std::string host_header() const;  // "host[:port]", IPv6 literals in brackets
+};
+
+struct UpstreamSettings {
+  std::string ca_bundle;  // extra PEM bundle trusted on top of the system's store; "" for none
+  std::chrono::milliseconds connect_timeout{10'000};  // resolve + connect + TLS handshake
+  std::chrono::milliseconds read_timeout{60'000};     // each wait for response bytes or a write
+  unsigned retries = 2;                               // extra attempts after a connection failure
+  unsigned max_idle_connections = 32;                 // kept alive per origin
+  // Decides, for the address a connection actually reached, whether zoogate may talk to it (loopback,
+  // private, link-local and metadata addresses are refused unless the host is allowed). Null: any.
+  std::shared_ptr<const DestinationCheck> destination_check;
+};
+
+class UpstreamConnection;
+class UpstreamClient;
+
+// One response whose header has arrived. The body is read with read_some(); once it has been read to
+// the end, the connection goes back to the pool (when the server allows keep-alive). Destroying a
+// response before its end closes the connection.
+class UpstreamResponse {
+ public:
+  ~UpstreamResponse();
+  UpstreamResponse(const UpstreamResponse&) = delete;
+  UpstreamResponse& operator=(const UpstreamResponse&) = delete;
+
+  const boost::beast::http::response_header<>& header() const { return parser_.get().base(); }
+  unsigned status() const { return header().result_int(); }
+  // The body's length when the server said it (Content-Length), nullopt for a chunked body.
+  std::optional<uint64_t> content_length() const {
+    auto length = parser_.content_length();
+    return length ? std::optional<uint64_t>(*length) : std::nullopt;
+  }
+  bool done() const { return parser_.is_done(); }
+  // The executor of the connection (null once the connection is gone): a download of the body runs there.
+  boost::asio::any_io_executor executor() const;
+
+  // Reads up to out.size() body bytes; 0 means the body has ended. Errors are kIo with the failure's
+  // words; a body shorter than its Content-Length is an error, never a short file.
+  boost::asio::awaitable<Result<size_t>> read_some(std::span<uint8_t> out);
+  // The whole (remaining) body, refused with kLimitExceeded above `limit` bytes.
+  boost::asio::awaitable<Result<std::string>> read_all(uint64_t limit);
+
+  UpstreamErrorReason last_failure() const { return last_failure_; }
+
+ private:
+  friend class UpstreamClient;
+  UpstreamResponse(std::shared_ptr<UpstreamClient> client, std::unique_ptr<UpstreamConnection> connection);
+
+  std::shared_ptr<UpstreamClient> client_;
+  std::unique_ptr<UpstreamConnection> connection_;
+  boost::beast::http::response_parser<boost::beast::http::buffer_body> parser_;
+  UpstreamErrorReason last_failure_ = UpstreamErrorReason::kProtocol;
+};
+
+class UpstreamClient : public std::enable_shared_from_this<UpstreamClient> {
+ public:
+  using Request = boost::beast::http::request<boost::beast::http::string_body>;
+
+  // Builds the TLS context: peer verification on, TLS 1.2 at least, the system's trust store plus
+  // `settings.ca_bundle`. Fails when the bundle cannot be loaded.
+  static Result<std::shared_ptr<UpstreamClient>> create(boost::asio::io_context& io, const UpstreamSettings& settings,
+                                                        Metrics* metrics);
+
+  // Sends `request` to `url` (its target, Host and Content-Length are set here) and returns once the
+  // response header has arrived. Idempotent requests (GET, HEAD, and POST requests the caller marks
+  // as `idempotent`) are retried up to `retries` times when the connection fails before any response
+  // byte: a pooled connection the server had closed, a refused connection, a reset.
+  boost::asio::awaitable<Result<std::unique_ptr<UpstreamResponse>>> send(const Url& url, Request request,
+                                                                         bool idempotent = true);
+
+  // Connects to `url` (TLS verified, the destination checked) without sending a request, and keeps
+  // the connection for the next request there. Egress interception calls it before minting a leaf
+  // certificate, so that nothing is minted for an upstream that failed verification.
+  boost::asio::awaitable<Status> check_upstream(const Url& url);
+
+  const UpstreamSettings& settings() const { return settings_; }
+
+ private:
+  friend class UpstreamResponse;
+  UpstreamClient(boost::asio::io_context& io, const UpstreamSettings& settings, Metrics* metrics);
+
+  boost::asio::awaitable<Result<std::unique_ptr<UpstreamConnection>>> connect(const Url& url);
+  std::unique_ptr<UpstreamConnection> take_idle(const std::string& origin);
+  void return_idle(std::unique_ptr<UpstreamConnection> connection);
+
+  boost::asio::io_context& io_;
+  UpstreamSettings settings_;
+  Metrics* metrics_;  // not owned; may be null
+  boost::asio::ssl::context tls_;
+  std::mutex pool_mutex_;
+  std::map<std::string, std::deque<std::unique_ptr<UpstreamConnection>>> idle_;  // by origin
+};
+
+}  // namespace zoogate::proxy
