@@ -433,8 +433,9 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   const cdr::ContentKind kind = detection ? detection->kind : cdr::ContentKind::kUnknown;
   if (is_pickle_bearing(kind)) {
     if (remembered != kRouteArtifact) remember_route(file, kRouteArtifact);
-    obtained.outcome = co_await pipeline_.start_and_wait(file, scope, UpstreamBody{std::move(body), std::move(first_bytes)},
-                                                         config_.pipeline.client_wait);
+    UpstreamBody upstream_body{std::move(body), std::move(first_bytes)};
+    obtained.outcome =
+        co_await pipeline_.start_and_wait(file, scope, std::move(upstream_body), config_.pipeline.client_wait);
     obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
     co_return std::move(obtained);
   }
@@ -449,9 +450,11 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
 asio::awaitable<void> HubService::handle_resolve(ClientExchange& exchange, const ResolveRoute& route,
                                                  std::string scope) {
   const HttpRequest& request = exchange.request();
-  auto authorization = request.find(http::field::authorization);
-  Obtained obtained = co_await obtain(route, authorization == request.end() ? "" : std::string(authorization->value()),
-                                      scope, /*need_pass_body=*/!exchange.is_head());
+  auto authorization_field = request.find(http::field::authorization);
+  const std::string authorization =
+      authorization_field == request.end() ? std::string() : std::string(authorization_field->value());
+  const bool need_pass_body = !exchange.is_head();
+  Obtained obtained = co_await obtain(route, authorization, scope, need_pass_body);
   switch (obtained.kind) {
     case Obtained::Kind::kRelay:
       exchange.upstream_status = obtained.start.relay->status();
