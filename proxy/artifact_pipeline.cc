@@ -22,6 +22,7 @@
 #include "proxy/access_log.h"
 #include "proxy/metrics.h"
 #include "proxy/spool_file.h"
+#include "proxy/worker_pool.h"
 
 namespace zoogate::proxy {
 
@@ -153,25 +154,24 @@ CacheKey ArtifactPipeline::key_for(const UpstreamFile& file, std::string_view sc
 
 asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::lookup(const UpstreamFile& file, std::string scope) {
   CacheKey key = key_for(file, scope);
-  co_return co_await asio::co_spawn(
-      workers_,
-      [this, key]() -> asio::awaitable<std::optional<ArtifactOutcome>> {
-        auto cached = cache_.lookup(key);
-        if (cached && *cached) co_return ready_outcome(std::move(**cached));
-        auto blocked = cache_.read_record(blocked_record_name(key.name()));
-        if (blocked && *blocked) {
-          auto json = nlohmann::json::parse(**blocked, nullptr, false);
-          if (json.is_object()) {
-            ArtifactOutcome outcome;
-            outcome.state = ArtifactOutcome::State::kBlocked;
-            outcome.reason = json.value("reason", "blocked by policy");
-            outcome.reason_code = json.value("reason_code", "blocked");
-            co_return outcome;
-          }
-        }
-        co_return std::nullopt;
-      },
-      asio::use_awaitable);
+  co_return co_await run_on_workers(workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
+}
+
+std::optional<ArtifactOutcome> ArtifactPipeline::stored_outcome(const CacheKey& key) {
+  auto cached = cache_.lookup(key);
+  if (cached && *cached) return ready_outcome(std::move(**cached));
+  auto blocked = cache_.read_record(blocked_record_name(key.name()));
+  if (blocked && *blocked) {
+    auto json = nlohmann::json::parse(**blocked, nullptr, false);
+    if (json.is_object()) {
+      ArtifactOutcome outcome;
+      outcome.state = ArtifactOutcome::State::kBlocked;
+      outcome.reason = json.value("reason", "blocked by policy");
+      outcome.reason_code = json.value("reason_code", "blocked");
+      return outcome;
+    }
+  }
+  return std::nullopt;
 }
 
 bool ArtifactPipeline::running(const UpstreamFile& file, std::string_view scope) {
@@ -216,7 +216,7 @@ asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::start_and_wait
       started = true;
     }
   }
-  if (started) run_job(job, std::move(body));
+  if (started) run_job(job, std::move(body), co_await asio::this_coro::executor);
   co_return co_await wait_for_job(std::move(job), wait);
 }
 
@@ -236,7 +236,7 @@ asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait_for_job(s
   co_return job->outcome;
 }
 
-void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body) {
+void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio::any_io_executor io_executor) {
   job->in_progress.emplace(metrics_.artifact_in_progress());
   if (job->file.size > settings_.max_artifact_size) {
     ArtifactOutcome outcome;
@@ -253,8 +253,7 @@ void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body) {
     return;
   }
   job->spool = std::move(*spool);
-  asio::any_io_executor executor = body.response->executor();
-  asio::co_spawn(executor, download(job, std::move(body)), asio::detached);
+  asio::co_spawn(io_executor, download(job, std::move(body)), asio::detached);
   asio::post(workers_, [this, job] { finish_job(job, disarm(*job)); });
 }
 

@@ -123,9 +123,12 @@ class ArtifactPipeline {
 
  private:
   class Job;
+  // lookup()'s work, on a worker thread.
+  std::optional<ArtifactOutcome> stored_outcome(const CacheKey& key);
   boost::asio::awaitable<std::optional<ArtifactOutcome>> wait_for_job(std::shared_ptr<Job> job,
                                                                       std::chrono::milliseconds wait);
-  void run_job(std::shared_ptr<Job> job, UpstreamBody body);
+  // The download runs on `io_executor` (the starting session's), the disarm on the worker pool.
+  void run_job(std::shared_ptr<Job> job, UpstreamBody body, boost::asio::any_io_executor io_executor);
   boost::asio::awaitable<void> download(std::shared_ptr<Job> job, UpstreamBody body);
   ArtifactOutcome disarm(Job& job);
   void finish_job(const std::shared_ptr<Job>& job, ArtifactOutcome outcome);

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/field.hpp>
@@ -22,6 +21,7 @@
 #include "proxy/hub_headers.h"
 #include "proxy/hub_json.h"
 #include "proxy/metrics.h"
+#include "proxy/worker_pool.h"
 
 namespace zoogate::proxy {
 
@@ -317,14 +317,8 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
 }
 
 asio::awaitable<std::optional<std::string>> HubService::remembered_route(const UpstreamFile& file) {
-  const std::string name = "route/" + file.upstream_id();
-  co_return co_await asio::co_spawn(
-      workers_,
-      [this, name]() -> asio::awaitable<std::optional<std::string>> {
-        auto record = cache_.read_record(name);
-        co_return record ? *record : std::nullopt;
-      },
-      asio::use_awaitable);
+  auto record = co_await run_on_workers(workers_, &ArtifactCache::read_record, &cache_, "route/" + file.upstream_id());
+  co_return record ? *record : std::nullopt;
 }
 
 void HubService::remember_route(const UpstreamFile& file, std::string_view kind) {
@@ -812,11 +806,7 @@ asio::awaitable<void> HubService::handle_zoogate(ClientExchange& exchange, std::
                          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
                        });
     if (valid) {
-      auto manifest = co_await asio::co_spawn(
-          workers_, [this, hex = std::string(hex)]() -> asio::awaitable<Result<std::optional<std::string>>> {
-            co_return pipeline_.manifest(hex);
-          },
-          asio::use_awaitable);
+      auto manifest = co_await run_on_workers(workers_, &ArtifactPipeline::manifest, &pipeline_, std::string(hex));
       if (manifest && *manifest) {
         HttpResponse response{http::status::ok, 11};
         response.set(http::field::content_type, "application/json");

@@ -41,6 +41,7 @@
 #include "proxy/hub_service.h"
 #include "proxy/metrics.h"
 #include "proxy/upstream_client.h"
+#include "proxy/worker_pool.h"
 
 namespace zoogate::proxy {
 
@@ -258,14 +259,15 @@ asio::awaitable<void> ServerState::session(tcp::socket socket, Listener listener
   const std::string client = endpoint_error ? std::string("unknown") : peer.address().to_string();
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
-  co_await serve_requests(stream, buffer, client, listener,
-                          [this, listener](ClientExchange& exchange) -> asio::awaitable<void> {
-                            if (listener == Listener::kHub) {
-                              co_await hub->handle(exchange, exchange.client_address());
-                            } else {
-                              co_await handle_admin(exchange);
-                            }
-                          });
+  // Named, not a temporary inside the co_await: see worker_pool.h on g++ 12.
+  auto answer = [this, listener](ClientExchange& exchange) -> asio::awaitable<void> {
+    if (listener == Listener::kHub) {
+      co_await hub->handle(exchange, exchange.client_address());
+    } else {
+      co_await handle_admin(exchange);
+    }
+  };
+  co_await serve_requests(stream, buffer, client, listener, std::move(answer));
   beast::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
   --sessions;
@@ -374,8 +376,8 @@ asio::awaitable<std::optional<std::string>> ServerState::authenticate(const Http
   auto entry = std::find_if(auth->users.begin(), auth->users.end(), [&](const auto& pair) { return pair.first == user; });
   if (entry == auth->users.end()) co_return std::nullopt;
   // scrypt takes tens of milliseconds by design: off the I/O threads.
-  const bool valid = co_await asio::co_spawn(
-      workers, [&]() -> asio::awaitable<bool> { co_return verify_password(password, entry->second); }, asio::use_awaitable);
+  bool (*verify)(std::string_view, std::string_view) = &verify_password;
+  const bool valid = co_await run_on_workers(workers, verify, password, entry->second);
   co_return valid ? std::optional<std::string>(user) : std::nullopt;
 }
 
@@ -574,24 +576,22 @@ asio::awaitable<void> ServerState::intercept(beast::tcp_stream& stream, beast::f
   metrics->count_interception();
   const bool is_hub = host == hub_url.host && port == hub_url.port;
   const std::string scope = user && !user->empty() ? "user:" + *user : client;
-  co_await serve_requests(secure, buffer, client, Listener::kEgress,
-                          [&](ClientExchange& exchange) -> asio::awaitable<void> {
-                            exchange.user = user;
-                            const std::string request_host = host_of(exchange.request()[http::field::host]);
-                            if (request_host != host) {
-                              metrics->count_denial(DenialReason::kMismatch);
-                              exchange.close_after();
-                              co_return (void)co_await exchange.send_error(
-                                  400, "ZoogateHostMismatch",
-                                  "the Host header names " + request_host + ", the tunnel was opened to " + host);
-                            }
-                            if (!is_hub) {
-                              co_return (void)co_await exchange.send_error(
-                                  403, "ZoogateEgressDenied",
-                                  "zoogate intercepts " + host + " but serves only the Hub there; set the rule to tunnel");
-                            }
-                            co_await hub->handle(exchange, scope);
-                          });
+  auto answer = [&](ClientExchange& exchange) -> asio::awaitable<void> {
+    exchange.user = user;
+    const std::string request_host = host_of(exchange.request()[http::field::host]);
+    if (request_host != host) {
+      metrics->count_denial(DenialReason::kMismatch);
+      exchange.close_after();
+      co_return (void)co_await exchange.send_error(
+          400, "ZoogateHostMismatch", "the Host header names " + request_host + ", the tunnel was opened to " + host);
+    }
+    if (!is_hub) {
+      co_return (void)co_await exchange.send_error(
+          403, "ZoogateEgressDenied", "zoogate intercepts " + host + " but serves only the Hub there; set the rule to tunnel");
+    }
+    co_await hub->handle(exchange, scope);
+  };
+  co_await serve_requests(secure, buffer, client, Listener::kEgress, std::move(answer));
   stream.expires_after(std::chrono::seconds(5));
   (void)co_await secure.async_shutdown(kAsTuple);
 }

@@ -282,10 +282,6 @@ UpstreamResponse::UpstreamResponse(std::shared_ptr<UpstreamClient> client,
 
 UpstreamResponse::~UpstreamResponse() = default;
 
-asio::any_io_executor UpstreamResponse::executor() const {
-  return connection_ ? connection_->stream.get_executor() : asio::any_io_executor();
-}
-
 asio::awaitable<Result<size_t>> UpstreamResponse::read_some(std::span<uint8_t> out) {
   if (!connection_ || out.empty()) co_return size_t{0};
   while (!parser_.is_done()) {

@@ -80,8 +80,6 @@ class UpstreamResponse {
     return length ? std::optional<uint64_t>(*length) : std::nullopt;
   }
   bool done() const { return parser_.is_done(); }
-  // The executor of the connection (null once the connection is gone): a download of the body runs there.
-  boost::asio::any_io_executor executor() const;
 
   // Reads up to out.size() body bytes; 0 means the body has ended. Errors are kIo with the failure's
   // words; a body shorter than its Content-Length is an error, never a short file.
