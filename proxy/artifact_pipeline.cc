@@ -3,12 +3,9 @@
 #include <atomic>
 #include <filesystem>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 
@@ -20,6 +17,7 @@
 #include "mtd/layout_variation.h"
 #include "mtd/manifest.h"
 #include "proxy/access_log.h"
+#include "proxy/completion.h"
 #include "proxy/metrics.h"
 #include "proxy/spool_file.h"
 #include "proxy/worker_pool.h"
@@ -30,7 +28,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
 // Piece size of the download loop: the only buffer a download holds, whatever the file's size.
 constexpr size_t kDownloadChunkBytes = 1 << 20;
 
@@ -123,9 +120,7 @@ class ArtifactPipeline::Job {
   Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
   std::optional<InFlight> in_progress;  // counts the job in zoogate_artifacts_in_progress
 
-  std::mutex mutex;
-  std::optional<ArtifactOutcome> outcome;                         // guarded by mutex
-  std::vector<std::shared_ptr<asio::steady_timer>> waiters;       // guarded by mutex
+  Completion<ArtifactOutcome> outcome;
 };
 
 ArtifactPipeline::ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
@@ -182,58 +177,33 @@ bool ArtifactPipeline::running(const UpstreamFile& file, std::string_view scope)
 asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait(const UpstreamFile& file,
                                                                        std::string_view scope,
                                                                        std::chrono::milliseconds wait) {
+  CacheKey key = key_for(file, scope);
   std::shared_ptr<Job> job;
   {
     std::lock_guard lock(jobs_mutex_);
-    auto found = jobs_.find(key_for(file, scope).name());
+    auto found = jobs_.find(key.name());
     if (found != jobs_.end()) job = found->second;
   }
-  if (!job) co_return std::nullopt;
-  co_return co_await wait_for_job(std::move(job), wait);
+  if (!job) co_return co_await run_on_workers(workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
+  co_return co_await job->outcome.wait(wait);
 }
 
-asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::start_and_wait(const UpstreamFile& file,
-                                                                                 std::string scope, UpstreamBody body,
-                                                                                 std::chrono::milliseconds wait) {
+void ArtifactPipeline::start(const UpstreamFile& file, std::string scope, UpstreamBody body,
+                             asio::any_io_executor io_executor) {
   CacheKey key = key_for(file, scope);
   std::string key_name = key.name();
-  std::shared_ptr<Job> job;
-  bool started = false;
+  std::shared_ptr<Job> job = std::make_shared<Job>();
   {
     std::lock_guard lock(jobs_mutex_);
-    if (shutting_down_) co_return failed_outcome("zoogate is shutting down", "shutdown");
-    auto found = jobs_.find(key_name);
-    if (found != jobs_.end()) {
-      job = found->second;
-    } else {
-      job = std::make_shared<Job>();
-      job->file = file;
-      job->scope = std::move(scope);
-      job->key = std::move(key);
-      job->key_name = key_name;
-      job->policy = policies_.policy_for(file.repository);
-      jobs_.emplace(key_name, job);
-      started = true;
-    }
+    if (shutting_down_ || jobs_.count(key_name) != 0) return;
+    job->file = file;
+    job->scope = std::move(scope);
+    job->key = std::move(key);
+    job->key_name = key_name;
+    job->policy = policies_.policy_for(file.repository);
+    jobs_.emplace(key_name, job);
   }
-  if (started) run_job(job, std::move(body), co_await asio::this_coro::executor);
-  co_return co_await wait_for_job(std::move(job), wait);
-}
-
-asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait_for_job(std::shared_ptr<Job> job,
-                                                                              std::chrono::milliseconds wait) {
-  auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor, wait);
-  {
-    std::lock_guard lock(job->mutex);
-    if (job->outcome) co_return job->outcome;
-    job->waiters.push_back(timer);
-  }
-  // finish_job() cancels the timer through its executor, after this coroutine has started waiting:
-  // the session's strand runs one step at a time.
-  co_await timer->async_wait(kAsTuple);
-  std::lock_guard lock(job->mutex);
-  std::erase(job->waiters, timer);
-  co_return job->outcome;
+  run_job(job, std::move(body), std::move(io_executor));
 }
 
 void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio::any_io_executor io_executor) {
@@ -402,20 +372,12 @@ void ArtifactPipeline::finish_job(const std::shared_ptr<Job>& job, ArtifactOutco
     log_.write_event("artifact_failed", {{"repository", job->file.repository}, {"file", job->file.file_name},
                                          {"reason", outcome.reason}});
   }
-  std::vector<std::shared_ptr<asio::steady_timer>> waiters;
-  {
-    std::lock_guard lock(job->mutex);
-    job->outcome = std::move(outcome);
-    waiters.swap(job->waiters);
-  }
+  job->outcome.set(std::move(outcome));
   {
     std::lock_guard lock(jobs_mutex_);
     jobs_.erase(job->key_name);
   }
   job->in_progress.reset();
-  for (auto& timer : waiters) {
-    asio::post(timer->get_executor(), [timer] { timer->cancel(); });
-  }
 }
 
 Result<std::optional<std::string>> ArtifactPipeline::manifest(std::string_view served_sha256_hex) {

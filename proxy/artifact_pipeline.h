@@ -28,7 +28,7 @@
 #include <vector>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include "cdr/policy.h"
@@ -102,12 +102,11 @@ class ArtifactPipeline {
   // True when a job for this key is running in this process: a caller can wait() without a body.
   bool running(const UpstreamFile& file, std::string_view scope);
 
-  // Starts the job with `body` unless one is running for the key (then `body` is dropped), and waits
-  // for it. Returns nullopt when `wait` passed first: the job goes on and the client may come back.
-  boost::asio::awaitable<std::optional<ArtifactOutcome>> start_and_wait(const UpstreamFile& file, std::string scope,
-                                                                        UpstreamBody body,
-                                                                        std::chrono::milliseconds wait);
-  // Waits for a running job (see running()); nullopt when `wait` passed first or no job is running.
+  // Starts the job for the key with `body`, unless one is running (then `body` is dropped) or the
+  // pipeline is shutting down. The download runs on `io_executor`, the disarm on the worker pool.
+  void start(const UpstreamFile& file, std::string scope, UpstreamBody body, boost::asio::any_io_executor io_executor);
+  // The outcome of the running job for the key, or nullopt when `wait` passed first (the job goes on
+  // and the client may come back); without a running job, lookup()'s answer.
   boost::asio::awaitable<std::optional<ArtifactOutcome>> wait(const UpstreamFile& file, std::string_view scope,
                                                               std::chrono::milliseconds wait);
 
@@ -125,9 +124,6 @@ class ArtifactPipeline {
   class Job;
   // lookup()'s work, on a worker thread.
   std::optional<ArtifactOutcome> stored_outcome(const CacheKey& key);
-  boost::asio::awaitable<std::optional<ArtifactOutcome>> wait_for_job(std::shared_ptr<Job> job,
-                                                                      std::chrono::milliseconds wait);
-  // The download runs on `io_executor` (the starting session's), the disarm on the worker pool.
   void run_job(std::shared_ptr<Job> job, UpstreamBody body, boost::asio::any_io_executor io_executor);
   boost::asio::awaitable<void> download(std::shared_ptr<Job> job, UpstreamBody body);
   ArtifactOutcome disarm(Job& job);

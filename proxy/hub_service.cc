@@ -197,8 +197,8 @@ struct HubService::FileStart {
   UpstreamFile file;
   http::fields hub_headers;                  // the Hub's answer's headers, for pass-through answers
   std::unique_ptr<UpstreamResponse> relay;   // pass this answer on as it is (error, relative redirect)
-  std::unique_ptr<UpstreamResponse> body;    // the file's bytes came with the Hub's answer
-  std::optional<Url> location;               // the file's bytes are there (an absolute redirect)
+  std::optional<Url> location;               // where to GET the file's bytes (absent with relay)
+  unsigned redirects = 0;                    // followed to learn `location`
 };
 
 struct HubService::Obtained {
@@ -260,15 +260,26 @@ asio::awaitable<void> HubService::handle(ClientExchange& exchange, std::string s
 // Files
 
 asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const ResolveRoute& route,
-                                                                      const std::string& authorization) {
+                                                                      const std::string& authorization,
+                                                                      bool need_error_body) {
+  // HEAD first, as Hub clients do: the answer names the content (commit, ETag or X-Linked-Etag, size)
+  // without sending it, so a file zoogate has, or is fetching for another client, costs no download.
   Url url = hub_url_;
   url.target = upstream_target(route);
-  UpstreamClient::Request request{http::verb::get, url.target, 11};
-  if (!authorization.empty()) request.set(http::field::authorization, authorization);
-  request.set(http::field::accept_encoding, "identity");
-  request.set(http::field::user_agent, "zoogate");
-  auto response = co_await upstream_->send(url, std::move(request));
+  auto request_for = [&](http::verb method) {
+    UpstreamClient::Request request{method, url.target, 11};
+    if (!authorization.empty()) request.set(http::field::authorization, authorization);
+    request.set(http::field::accept_encoding, "identity");
+    request.set(http::field::user_agent, "zoogate");
+    return request;
+  };
+  auto response = co_await upstream_->send(url, request_for(http::verb::head));
   if (!response) co_return tl::unexpected(response.error());
+  if ((*response)->status() >= 400 && need_error_body) {
+    // The Hub's error explanation is in the body of a GET (a gated repository's 401, a missing file's 404).
+    response = co_await upstream_->send(url, request_for(http::verb::get));
+    if (!response) co_return tl::unexpected(response.error());
+  }
 
   FileStart start;
   const auto& header = (*response)->header();
@@ -286,8 +297,14 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
     auto next = Url::parse(location);
     if (!next) co_return tl::unexpected(next.error());
     start.location = std::move(*next);
+    start.redirects = 1;
   } else if (status == 200) {
-    start.body = std::move(*response);
+    // A file kept in git: its bytes come from the Hub itself, asked for at the commit just named so
+    // that they are the ones this answer described.
+    ResolveRoute pinned = route;
+    if (!start.file.commit.empty()) pinned.revision = start.file.commit;
+    start.location = hub_url_;
+    start.location->target = upstream_target(pinned);
   } else {
     start.relay = std::move(*response);
     co_return start;
@@ -307,7 +324,7 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
   }
   const std::string linked_size = header_value(header, "X-Linked-Size");
   std::optional<uint64_t> size = parse_decimal(linked_size);
-  if (!size && start.body) size = start.body->content_length();
+  if (!size) size = (*response)->content_length();
   if (!size) co_return fail(ErrorCode::kParse, "the upstream did not say how large the file is");
   start.file.size = *size;
   if (start.file.lfs_sha256 == std::nullopt && start.file.git_blob_id.empty()) {
@@ -328,6 +345,38 @@ void HubService::remember_route(const UpstreamFile& file, std::string_view kind)
   });
 }
 
+// Held by the one request that fetches and identifies a file nobody has seen yet; the requests that
+// come meanwhile for the same file wait for what it finds. Whatever way the first request ends, its
+// lease ends the wait ("" when nothing was found) and leaves the registry.
+class HubService::IdentificationLease {
+ public:
+  IdentificationLease(HubService& hub, std::string upstream_id) : hub_(hub), upstream_id_(std::move(upstream_id)) {
+    std::lock_guard lock(hub_.identifying_mutex_);
+    auto [entry, inserted] = hub_.identifying_.try_emplace(upstream_id_);
+    if (inserted) entry->second = std::make_shared<Completion<std::string>>();
+    found_ = entry->second;
+    leading_ = inserted;
+  }
+  IdentificationLease(const IdentificationLease&) = delete;
+  IdentificationLease& operator=(const IdentificationLease&) = delete;
+  ~IdentificationLease() {
+    if (!leading_) return;
+    found_->set("");
+    std::lock_guard lock(hub_.identifying_mutex_);
+    hub_.identifying_.erase(upstream_id_);
+  }
+
+  bool leading() const { return leading_; }
+  Completion<std::string>& found() { return *found_; }
+  void finish(std::string route) { found_->set(std::move(route)); }
+
+ private:
+  HubService& hub_;
+  std::string upstream_id_;
+  std::shared_ptr<Completion<std::string>> found_;
+  bool leading_ = false;
+};
+
 asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& route, const std::string& authorization,
                                                          const std::string& scope, bool need_pass_body) {
   Obtained obtained;
@@ -338,7 +387,7 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
     obtained.error_message = std::move(message);
     return std::move(obtained);
   };
-  auto started = co_await start_file(route, authorization);
+  auto started = co_await start_file(route, authorization, need_pass_body);
   if (!started) co_return error(502, "ZoogateUpstreamError", "the upstream failed: " + started.error().describe());
   obtained.start = std::move(*started);
   if (obtained.start.relay) {
@@ -347,8 +396,22 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   }
   const UpstreamFile& file = obtained.start.file;
 
-  // What is already known needs no download.
+  // What is already known needs no download. A file nobody has identified yet is fetched by the
+  // first request for it; concurrent ones wait for what it finds.
   std::optional<std::string> remembered = co_await remembered_route(file);
+  std::optional<IdentificationLease> lease;
+  if (!remembered && !pipeline_.running(file, scope)) {
+    lease.emplace(*this, file.upstream_id());
+    if (!lease->leading()) {
+      std::optional<std::string> found = co_await lease->found().wait(config_.pipeline.client_wait);
+      lease.reset();
+      if (!found) {
+        obtained.kind = Obtained::Kind::kPending;
+        co_return std::move(obtained);
+      }
+      if (!found->empty()) remembered = std::move(*found);  // empty: the first request failed; try again
+    }
+  }
   if (remembered == kRouteArtifact || pipeline_.running(file, scope)) {
     if (auto outcome = co_await pipeline_.lookup(file, scope)) {
       obtained.kind = Obtained::Kind::kArtifact;
@@ -356,11 +419,16 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
       obtained.outcome = std::move(outcome);
       co_return std::move(obtained);
     }
-    if (pipeline_.running(file, scope)) {
-      obtained.outcome = co_await pipeline_.wait(file, scope, config_.pipeline.client_wait);
-      obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
-      if (obtained.outcome || !pipeline_.running(file, scope)) co_return std::move(obtained);
+    obtained.outcome = co_await pipeline_.wait(file, scope, config_.pipeline.client_wait);
+    if (obtained.outcome) {
+      obtained.kind = Obtained::Kind::kArtifact;
+      co_return std::move(obtained);
     }
+    if (pipeline_.running(file, scope)) {
+      obtained.kind = Obtained::Kind::kPending;
+      co_return std::move(obtained);
+    }
+    // Nothing stored and nothing running (the last attempt failed, or another scope's): fetch it.
   }
   if (remembered == kRoutePass && !need_pass_body) {
     obtained.kind = Obtained::Kind::kPass;
@@ -368,13 +436,14 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   }
 
   // The bytes: from the Hub's own answer, or behind redirects to hosts the configuration allows.
-  std::unique_ptr<UpstreamResponse> body = std::move(obtained.start.body);
+  std::unique_ptr<UpstreamResponse> body;
   std::optional<Url> next = obtained.start.location;
-  for (unsigned hop = 0; !body; ++hop) {
-    if (hop >= config_.upstream.max_redirects) {
+  for (unsigned redirects = obtained.start.redirects; !body; ++redirects) {
+    if (redirects > config_.upstream.max_redirects) {
       co_return error(502, "ZoogateUpstreamError", "the upstream redirected more than upstream.max_redirects times");
     }
-    bool allowed = false;
+    const bool to_hub = next->host == hub_url_.host && next->port == hub_url_.port;
+    bool allowed = to_hub;
     for (const auto& pattern : config_.upstream.redirect_hosts) allowed = allowed || config::host_matches(pattern, next->host);
     if (!allowed) {
       metrics_.count_upstream_error(UpstreamErrorReason::kPolicy);
@@ -385,7 +454,7 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
     UpstreamClient::Request request{http::verb::get, next->target, 11};
     request.set(http::field::accept_encoding, "identity");
     request.set(http::field::user_agent, "zoogate");
-    if (!authorization.empty() && next->host == hub_url_.host && next->port == hub_url_.port) {
+    if (!authorization.empty() && to_hub) {
       request.set(http::field::authorization, authorization);
     }
     auto response = co_await upstream_->send(*next, std::move(request));
@@ -428,12 +497,14 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   if (is_pickle_bearing(kind)) {
     if (remembered != kRouteArtifact) remember_route(file, kRouteArtifact);
     UpstreamBody upstream_body{std::move(body), std::move(first_bytes)};
-    obtained.outcome =
-        co_await pipeline_.start_and_wait(file, scope, std::move(upstream_body), config_.pipeline.client_wait);
+    pipeline_.start(file, scope, std::move(upstream_body), co_await asio::this_coro::executor);
+    if (lease) lease->finish(std::string(kRouteArtifact));  // after start(): the waiters find the job running
+    obtained.outcome = co_await pipeline_.wait(file, scope, config_.pipeline.client_wait);
     obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
     co_return std::move(obtained);
   }
   if (remembered != kRoutePass) remember_route(file, kRoutePass);
+  if (lease) lease->finish(std::string(kRoutePass));
   obtained.kind = Obtained::Kind::kPass;
   obtained.content_type = header_value(body->header(), "Content-Type");
   obtained.body = std::move(body);

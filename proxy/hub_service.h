@@ -14,7 +14,9 @@
 // coroutines.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <boost/asio/awaitable.hpp>
@@ -24,6 +26,7 @@
 #include "config/server_config.h"
 #include "proxy/artifact_pipeline.h"
 #include "proxy/client_exchange.h"
+#include "proxy/completion.h"
 #include "proxy/hub_route.h"
 #include "proxy/upstream_client.h"
 
@@ -49,12 +52,15 @@ class HubService {
  private:
   struct FileStart;
   struct Obtained;
+  class IdentificationLease;
 
   boost::asio::awaitable<void> handle_resolve(ClientExchange& exchange, const ResolveRoute& route, std::string scope);
   boost::asio::awaitable<void> handle_api(ClientExchange& exchange, const ApiRoute& route, std::string scope);
   boost::asio::awaitable<void> handle_zoogate(ClientExchange& exchange, std::string_view path);
 
-  boost::asio::awaitable<Result<FileStart>> start_file(const ResolveRoute& route, const std::string& authorization);
+  // `need_error_body`: an upstream error is fetched again with GET, for the explanation in its body.
+  boost::asio::awaitable<Result<FileStart>> start_file(const ResolveRoute& route, const std::string& authorization,
+                                                       bool need_error_body);
   boost::asio::awaitable<Obtained> obtain(const ResolveRoute& route, const std::string& authorization,
                                           const std::string& scope, bool need_pass_body);
   boost::asio::awaitable<void> relay(ClientExchange& exchange, UpstreamResponse& response);
@@ -74,6 +80,11 @@ class HubService {
   ArtifactCache& cache_;
   boost::asio::thread_pool& workers_;
   Metrics& metrics_;
+
+  std::mutex identifying_mutex_;
+  // Files being fetched for the first time, by upstream identity: what the first request for each
+  // found ("artifact", "pass", or "" when it failed). Guarded by identifying_mutex_.
+  std::map<std::string, std::shared_ptr<Completion<std::string>>> identifying_;
 };
 
 }  // namespace zoogate::proxy

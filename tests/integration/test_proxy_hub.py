@@ -205,8 +205,11 @@ class Downloads(unittest.TestCase):
                                               code="2xx"), 0)
         self.assertGreater(zoogate.metric_sum("zoogate_client_bytes_sent_total"), 0)
         self.assertGreater(zoogate.metric_sum("zoogate_upstream_bytes_received_total"), 0)
-        for line in zoogate.access_log():
-            self.assertIn("request_id", line)
+        records = zoogate.access_log()
+        self.assertTrue(any(record["target"] == "/org/model/resolve/main/config.json" for record in records))
+        for record in records:
+            self.assertRegex(record["request_id"], r"^[0-9a-f]{16}$")
+        self.assertEqual(len(zoogate.events("listening")), 1)
 
 
 class Listings(unittest.TestCase):
@@ -374,7 +377,8 @@ class Faults(unittest.TestCase):
     def test_slow_drip_holds_clients_with_retry_after(self):
         before = self.world.zoogate.metric_sum("zoogate_clients_held_total")
         fetches = self.world.hub.fetch_count(MODEL, "evil.bin")
-        self.world.hub.inject(MODEL, "evil.bin", Fault.slow_drip(chunk_bytes=4096, interval=0.2))
+        # evil.bin has about 17 KiB: 18 pieces of 1 KiB, 0.25 s apart, outlast pipeline.client_wait (2 s).
+        self.world.hub.inject(MODEL, "evil.bin", Fault.slow_drip(chunk_bytes=1024, interval=0.25))
         response = requests.get(self.world.url(MODEL, "evil.bin"), timeout=120)
         self.assertEqual(response.status_code, 503)
         self.assertIn("Retry-After", response.headers)

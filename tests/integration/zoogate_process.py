@@ -2,7 +2,8 @@
 
 Why: the proxy is tested as users run it (a process, a YAML config, loopback listeners on port 0),
 so the tests need one place that writes the config, starts the server, learns its URLs from the two
-lines it prints once bound, scrapes its metrics and stops it the way a service manager would.
+lines it prints once bound (three with `egress.listen`: `egress_url`), scrapes its metrics and stops
+it the way a service manager would.
 
     with ZoogateProcess(workdir, {"upstream": hub.upstream_config()}) as zoogate:
         requests.get(zoogate.hub_url + "/org/model/resolve/main/config.json")
@@ -12,7 +13,7 @@ lines it prints once bound, scrapes its metrics and stops it the way a service m
 The config given is laid over test defaults (both listeners on 127.0.0.1 port 0, the cache in the
 work folder) and written as YAML by a tiny emitter (block style; strings always double-quoted, so
 nothing is read as a number or a boolean by accident). stderr, where the JSON-lines access log goes
-by default, is kept in a file: `log_lines()` and `access_log()` read it.
+by default, is kept in a file: `log_lines()`, `access_log()` and `events()` read it.
 """
 import json
 import math
@@ -29,6 +30,7 @@ START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 30
 HUB_LINE = re.compile(r"serving the Hub at (http://\S+)")
 ADMIN_LINE = re.compile(r"admin at (http://\S+)")
+EGRESS_LINE = re.compile(r"egress proxy at (http://\S+)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +153,9 @@ class ZoogateProcess:
         self.env = env
         self.start_timeout = start_timeout
         self.process = None
-        self.hub_url = self.admin_url = None
+        self.hub_url = self.admin_url = self.egress_url = None
+        # With `egress.listen` set, zoogate prints a third line: start() waits for it too.
+        self.expects_egress = bool((self.config.get("egress") or {}).get("listen"))
         self.stdout_lines = []
         self.returncode = None
 
@@ -175,7 +179,7 @@ class ZoogateProcess:
             stderr.close()
         ready = threading.Event()
         threading.Thread(target=self._read_stdout, args=(ready,), daemon=True).start()
-        if not ready.wait(self.start_timeout) or not (self.hub_url and self.admin_url):
+        if not ready.wait(self.start_timeout) or not self._urls_known():
             try:  # stdout ends a moment before the process can be reaped
                 exited = self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
@@ -186,19 +190,25 @@ class ZoogateProcess:
             raise RuntimeError(f"zoogate {why}; stdout: {self.stdout_lines!r}; "
                                f"stderr: {self.stderr_text()[-3000:]}")
 
+    def _urls_known(self):
+        return bool(self.hub_url and self.admin_url and (self.egress_url or not self.expects_egress))
+
     def _read_stdout(self, ready):
         """Collects stdout for the whole life of the process (a full pipe would block zoogate)
-        and signals once both URLs are known or stdout ends."""
+        and signals once every listener URL is known or stdout ends."""
         for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             self.stdout_lines.append(line)
             hub = HUB_LINE.search(line)
             admin = ADMIN_LINE.search(line)
+            egress = EGRESS_LINE.search(line)
             if hub:
                 self.hub_url = hub.group(1)
             if admin:
                 self.admin_url = admin.group(1)
-            if self.hub_url and self.admin_url:
+            if egress:
+                self.egress_url = egress.group(1)
+            if self._urls_known():
                 ready.set()
         ready.set()
 
@@ -239,16 +249,25 @@ class ZoogateProcess:
         """Every stderr line so far (the access log goes there unless the config says otherwise)."""
         return self.stderr_text().splitlines()
 
-    def access_log(self):
-        """The JSON-lines access log entries among the stderr lines."""
-        entries = []
+    def log_records(self):
+        """Every JSON line among the stderr lines: request records and events ("event" names those)."""
+        records = []
         for line in self.log_lines():
             if line.startswith("{"):
                 try:
-                    entries.append(json.loads(line))
+                    records.append(json.loads(line))
                 except ValueError:
                     pass
-        return entries
+        return records
+
+    def access_log(self):
+        """The request records of the JSON-lines log (one per answered request)."""
+        return [record for record in self.log_records() if "event" not in record]
+
+    def events(self, name=None):
+        """The event records of the JSON-lines log (listening, blocked, ...), optionally of one name."""
+        return [record for record in self.log_records()
+                if "event" in record and (name is None or record["event"] == name)]
 
     def admin_get(self, path, timeout=10):
         """(status, body bytes) of a GET on the admin listener."""
