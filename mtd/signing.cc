@@ -10,6 +10,7 @@
 
 #include "common/byte_sink.h"
 #include "common/encoding.h"
+#include "common/openssl_error.h"
 #include "common/sha256.h"
 
 namespace zoogate::mtd {
@@ -21,20 +22,6 @@ using Bio = std::unique_ptr<BIO, decltype(&BIO_free)>;
 using DigestContext = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
 
 std::shared_ptr<evp_pkey_st> own(EVP_PKEY* key) { return {key, EVP_PKEY_free}; }
-
-// Names what OpenSSL complained about last and empties its per-thread error queue, so that one
-// failure never shows up in the message of the next.
-std::string openssl_reason() {
-  unsigned long code = ERR_peek_last_error();
-  std::string reason = "unknown OpenSSL error";
-  if (code != 0) {
-    char text[256];
-    ERR_error_string_n(code, text, sizeof text);
-    reason = text;
-  }
-  ERR_clear_error();
-  return reason;
-}
 
 Bio memory_bio() { return Bio(BIO_new(BIO_s_mem()), BIO_free); }
 // Memory from OpenSSL's secure heap where one is configured, cleared when freed.

@@ -33,25 +33,6 @@ constexpr size_t kDownloadChunkBytes = 1 << 20;
 
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
 // LFS) are identified by it, and it is all that lets zoogate check their bytes.
-class GitBlobHasher {
- public:
-  explicit GitBlobHasher(uint64_t size) : context_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
-    EVP_DigestInit_ex(context_.get(), EVP_sha1(), nullptr);
-    const std::string prefix = "blob " + std::to_string(size);
-    EVP_DigestUpdate(context_.get(), prefix.data(), prefix.size() + 1);  // with the terminating NUL
-  }
-  void update(std::span<const uint8_t> bytes) { EVP_DigestUpdate(context_.get(), bytes.data(), bytes.size()); }
-  std::string finish_hex() {
-    std::array<uint8_t, 20> digest{};
-    unsigned length = 0;
-    EVP_DigestFinal_ex(context_.get(), digest.data(), &length);
-    return to_hex(digest);
-  }
-
- private:
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context_;
-};
-
 // Measures the time the variation's planning takes inside a sanitize run.
 class TimedPlanner final : public cdr::LayoutPlanner {
  public:
@@ -106,6 +87,51 @@ ArtifactOutcome ready_outcome(CachedArtifact artifact) {
 
 std::string UpstreamFile::upstream_id() const {
   return lfs_sha256 ? "sha256:" + to_hex(*lfs_sha256) : "git:" + git_blob_id;
+}
+
+// The git blob id: SHA-1 over "blob <size>\0" and the bytes.
+struct ContentVerifier::GitBlobHash {
+  explicit GitBlobHash(uint64_t size) : context(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+    EVP_DigestInit_ex(context.get(), EVP_sha1(), nullptr);
+    const std::string prefix = "blob " + std::to_string(size);
+    EVP_DigestUpdate(context.get(), prefix.data(), prefix.size() + 1);  // with the terminating NUL
+  }
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context;
+};
+
+ContentVerifier::ContentVerifier(const UpstreamFile& file)
+    : announced_sha256_(file.lfs_sha256), announced_git_blob_id_(file.git_blob_id), announced_size_(file.size) {
+  if (!announced_sha256_) git_blob_ = std::make_unique<GitBlobHash>(file.size);
+}
+
+ContentVerifier::~ContentVerifier() = default;
+
+void ContentVerifier::update(std::span<const uint8_t> bytes) {
+  received_ += bytes.size();
+  sha256_.update(bytes);
+  if (git_blob_) EVP_DigestUpdate(git_blob_->context.get(), bytes.data(), bytes.size());
+}
+
+Result<Sha256::Digest> ContentVerifier::finish() {
+  if (received_ != announced_size_) {
+    return fail(ErrorCode::kIntegrity, "received " + std::to_string(received_) + " bytes, the upstream announced " +
+                                           std::to_string(announced_size_));
+  }
+  const Sha256::Digest received = sha256_.finish();
+  if (announced_sha256_ && received != *announced_sha256_) {
+    return fail(ErrorCode::kIntegrity, "the bytes received have SHA-256 " + to_hex(received) + ", not the " +
+                                           to_hex(*announced_sha256_) + " the upstream announced (X-Linked-Etag)");
+  }
+  if (git_blob_) {
+    std::array<uint8_t, 20> digest{};
+    unsigned length = 0;
+    EVP_DigestFinal_ex(git_blob_->context.get(), digest.data(), &length);
+    if (to_hex(digest) != announced_git_blob_id_) {
+      return fail(ErrorCode::kIntegrity, "the bytes received have git blob id " + to_hex(digest) + ", not the " +
+                                             announced_git_blob_id_ + " the upstream announced (ETag)");
+    }
+  }
+  return received;
 }
 
 class ArtifactPipeline::Job {
@@ -229,12 +255,9 @@ void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio
 
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
   SpoolFile& spool = *job->spool;
-  Sha256 sha256;
-  std::optional<GitBlobHasher> git;
-  if (!job->file.lfs_sha256) git.emplace(job->file.size);
+  ContentVerifier verifier(job->file);
   auto take = [&](std::span<const uint8_t> bytes) -> Status {
-    sha256.update(bytes);
-    if (git) git->update(bytes);
+    verifier.update(bytes);
     return spool.append(bytes);
   };
   if (auto appended = take(body.first_bytes); !appended) co_return spool.finish(appended);
@@ -249,23 +272,13 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
       co_return spool.finish(appended);
     }
   }
-  const Sha256::Digest received = sha256.finish();
-  if (job->file.lfs_sha256 && received != *job->file.lfs_sha256) {
-    metrics_.count_upstream_error(UpstreamErrorReason::kDigestMismatch);
-    co_return spool.finish(fail(ErrorCode::kIntegrity, "the bytes received have SHA-256 " + to_hex(received) +
-                                                           ", not the " + to_hex(*job->file.lfs_sha256) +
-                                                           " the upstream announced (X-Linked-Etag)"));
+  auto received = verifier.finish();
+  if (!received) {
+    metrics_.count_upstream_error(verifier.complete() ? UpstreamErrorReason::kDigestMismatch
+                                                      : UpstreamErrorReason::kSizeMismatch);
+    co_return spool.finish(tl::unexpected(received.error()));
   }
-  if (git) {
-    const std::string blob_id = git->finish_hex();
-    if (blob_id != job->file.git_blob_id) {
-      metrics_.count_upstream_error(UpstreamErrorReason::kDigestMismatch);
-      co_return spool.finish(fail(ErrorCode::kIntegrity, "the bytes received have git blob id " + blob_id +
-                                                             ", not the " + job->file.git_blob_id +
-                                                             " the upstream announced (ETag)"));
-    }
-  }
-  job->received_sha256 = received;
+  job->received_sha256 = *received;
   metrics_.count_upstream_fetch();
   spool.finish({});
 }

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,33 @@ struct UpstreamFile {
   uint64_t size = 0;
   // The identity the cache is keyed by: "sha256:<hex>" for LFS files, "git:<blob id>" otherwise.
   std::string upstream_id() const;
+};
+
+// Checks that a file's bytes are the ones the upstream named before sending them: the size, and the
+// SHA-256 of X-Linked-Etag (LFS files) or the git blob id of the ETag (files kept in git, whose
+// SHA-256 is computed too: variants and manifests are keyed by it).
+class ContentVerifier {
+ public:
+  explicit ContentVerifier(const UpstreamFile& file);
+  ContentVerifier(const ContentVerifier&) = delete;
+  ContentVerifier& operator=(const ContentVerifier&) = delete;
+  ~ContentVerifier();
+
+  void update(std::span<const uint8_t> bytes);
+  // True when exactly the announced number of bytes has arrived.
+  bool complete() const { return received_ == announced_size_; }
+  // After the last byte: the SHA-256 of the bytes received, or kIntegrity saying how they differ from
+  // what the upstream announced.
+  Result<Sha256::Digest> finish();
+
+ private:
+  std::optional<Sha256::Digest> announced_sha256_;
+  std::string announced_git_blob_id_;
+  uint64_t announced_size_;
+  uint64_t received_ = 0;
+  Sha256 sha256_;
+  struct GitBlobHash;
+  std::unique_ptr<GitBlobHash> git_blob_;  // files kept in git only
 };
 
 // The result of the pipeline for one variant of one file.

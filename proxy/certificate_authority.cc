@@ -26,6 +26,7 @@
 
 #include "common/byte_sink.h"
 #include "common/encoding.h"
+#include "common/openssl_error.h"
 
 namespace zoogate::proxy {
 namespace {
@@ -56,20 +57,6 @@ constexpr size_t kMaxLabelLength = 63;
 constexpr size_t kSerialBytes = 16;
 // Both CA and leaves start an hour in the past: see mint_leaf() in the header.
 constexpr std::chrono::seconds kBackdate = std::chrono::hours(1);
-
-// Names what OpenSSL complained about last and empties its per-thread error queue, so that one
-// failure never shows up in the message of the next.
-std::string openssl_reason() {
-  const unsigned long code = ERR_peek_last_error();
-  std::string reason = "unknown OpenSSL error";
-  if (code != 0) {
-    std::array<char, 256> text{};
-    ERR_error_string_n(code, text.data(), text.size());
-    reason = text.data();
-  }
-  ERR_clear_error();
-  return reason;
-}
 
 tl::unexpected<Error> openssl_failure(std::string_view what) {
   return fail(ErrorCode::kInternal, std::string(what) + ": " + openssl_reason());

@@ -72,54 +72,6 @@ bool is_pickle_bearing(cdr::ContentKind kind) {
   }
 }
 
-// Incremental check of a streamed file against the upstream's identity: SHA-256 for LFS files, the
-// git blob id (SHA-1 over "blob <size>\0" and the bytes) otherwise.
-class StreamVerifier {
- public:
-  explicit StreamVerifier(const UpstreamFile& file) : file_(file) {
-    if (!file.lfs_sha256) {
-      git_.reset(EVP_MD_CTX_new());
-      EVP_DigestInit_ex(git_.get(), EVP_sha1(), nullptr);
-      const std::string prefix = "blob " + std::to_string(file.size);
-      EVP_DigestUpdate(git_.get(), prefix.data(), prefix.size() + 1);
-    }
-  }
-  void update(std::span<const uint8_t> bytes) {
-    received_ += bytes.size();
-    if (git_) {
-      EVP_DigestUpdate(git_.get(), bytes.data(), bytes.size());
-    } else {
-      sha256_.update(bytes);
-    }
-  }
-  // Empty when the bytes are the ones the upstream announced; otherwise why not.
-  std::string mismatch() {
-    if (received_ != file_.size) {
-      return "received " + std::to_string(received_) + " bytes, the upstream announced " + std::to_string(file_.size);
-    }
-    if (git_) {
-      std::array<uint8_t, 20> digest{};
-      unsigned length = 0;
-      EVP_DigestFinal_ex(git_.get(), digest.data(), &length);
-      if (file_.git_blob_id.empty() || to_hex(digest) == file_.git_blob_id) return "";
-      return "the bytes received have git blob id " + to_hex(digest) + ", not " + file_.git_blob_id;
-    }
-    const auto digest = sha256_.finish();
-    if (digest == *file_.lfs_sha256) return "";
-    return "the bytes received have SHA-256 " + to_hex(digest) + ", not the " + to_hex(*file_.lfs_sha256) +
-           " the upstream announced (X-Linked-Etag)";
-  }
-
- private:
-  struct ContextFree {
-    void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
-  };
-  const UpstreamFile& file_;
-  Sha256 sha256_;
-  std::unique_ptr<EVP_MD_CTX, ContextFree> git_;
-  uint64_t received_ = 0;
-};
-
 std::string header_value(const http::response_header<>& header, std::string_view name) {
   auto found = header.find(name);
   return found == header.end() ? std::string() : std::string(found->value());
@@ -706,7 +658,7 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
   // Small files are checked whole before the answer starts, so a bad one gets a clear 502. Larger
   // ones stream with the last piece held back until the digest matches; on a mismatch the
   // connection closes short, which every client treats as a failed download.
-  StreamVerifier verifier(file);
+  ContentVerifier verifier(file);
   const bool verify_first = file.size <= config_.pipeline.buffer_before_send;
   std::vector<uint8_t> held;            // verified-later bytes not yet sent (all of them when verify_first)
   uint64_t position = 0;                // file offset of held.front()
@@ -751,8 +703,10 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     position += held.size();
     held.assign(chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(*got));
   }
-  if (std::string mismatch = verifier.mismatch(); !mismatch.empty()) {
-    metrics_.count_upstream_error(UpstreamErrorReason::kDigestMismatch);
+  if (auto verified = verifier.finish(); !verified) {
+    metrics_.count_upstream_error(verifier.complete() ? UpstreamErrorReason::kDigestMismatch
+                                                      : UpstreamErrorReason::kSizeMismatch);
+    const std::string mismatch = verified.error().message;
     if (!header_sent) co_return (void)co_await exchange.send_error(502, "ZoogateDigestMismatch", mismatch);
     exchange.error_message = mismatch;
     exchange.abort();
