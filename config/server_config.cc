@@ -180,14 +180,20 @@ Result<std::optional<ListenAddress>> read_optional_listen_address(const YamlNode
   return std::optional<ListenAddress>(std::move(*address));
 }
 
-// Why `url` is not "http(s)://HOST[:PORT]" followed by nothing (or by "/" when `root_path_allowed`),
+enum class UrlSchemes { kHttpsOnly, kHttpOrHttps };
+
+// Why `url` is not "SCHEME://HOST[:PORT]" followed by nothing (or by "/" when `root_path_allowed`),
 // or nullopt when it is.
-std::optional<std::string> url_problem(std::string_view url, bool root_path_allowed) {
+std::optional<std::string> url_problem(std::string_view url, bool root_path_allowed, UrlSchemes schemes) {
   std::optional<std::string_view> after_scheme;
   for (std::string_view scheme : {"https://", "http://"}) {
     if (url.starts_with(scheme)) after_scheme = url.substr(scheme.size());
   }
-  if (!after_scheme) return "the scheme must be https:// or http:// (in lower case)";
+  if (schemes == UrlSchemes::kHttpsOnly) {
+    if (!url.starts_with("https://")) return "the scheme must be https:// (in lower case): zoogate verifies its upstream";
+  } else if (!after_scheme) {
+    return "the scheme must be https:// or http:// (in lower case)";
+  }
   std::string_view rest = *after_scheme;
   size_t authority_end = std::min(rest.find_first_of("/?#"), rest.size());
   std::string_view authority = rest.substr(0, authority_end);
@@ -209,8 +215,8 @@ std::optional<std::string> url_problem(std::string_view url, bool root_path_allo
 Result<std::string> read_hub_url(const YamlNode& node) {
   auto url = node.as_string();
   if (!url) return fail(std::move(url.error()));
-  if (auto problem = url_problem(*url, /*root_path_allowed=*/true)) {
-    return fail(node.error(quoted_path(node) + " must be an http(s)://HOST[:PORT] URL: " + *problem + ", got " +
+  if (auto problem = url_problem(*url, /*root_path_allowed=*/true, UrlSchemes::kHttpsOnly)) {
+    return fail(node.error(quoted_path(node) + " must be an https://HOST[:PORT] URL: " + *problem + ", got " +
                            quote_for_message(*url)));
   }
   return url;
@@ -220,7 +226,7 @@ Result<std::string> read_public_url(const YamlNode& node) {
   auto url = node.as_string_or_empty();
   if (!url) return fail(std::move(url.error()));
   if (url->empty()) return url;
-  if (auto problem = url_problem(*url, /*root_path_allowed=*/false)) {
+  if (auto problem = url_problem(*url, /*root_path_allowed=*/false, UrlSchemes::kHttpOrHttps)) {
     return fail(node.error(quoted_path(node) + " must be \"\" or an http(s)://HOST[:PORT] URL: " + *problem +
                            ", got " + quote_for_message(*url)));
   }

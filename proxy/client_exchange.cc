@@ -74,6 +74,21 @@ asio::awaitable<Status> ClientExchange::send_body(std::span<const uint8_t> bytes
   co_return co_await write(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
+asio::awaitable<Status> ClientExchange::send_file_body(int fd, uint64_t offset, uint64_t length) {
+  if (is_head() || length == 0) co_return Status{};
+  auto [error, sent] = co_await connection_.send_file(fd, offset, length);
+  bytes_sent_ += sent;
+  if (error) {
+    abort();
+    co_return fail(ErrorCode::kIo, "the client went away: " + error.message());
+  }
+  if (sent < length) {
+    abort();
+    co_return fail(ErrorCode::kIo, "the file ended " + std::to_string(length - sent) + " bytes early");
+  }
+  co_return Status{};
+}
+
 void ClientExchange::abort() {
   aborted_ = true;
   connection_.close();

@@ -9,14 +9,25 @@
 // mode alike.
 #pragma once
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <sys/sendfile.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -36,16 +47,26 @@ using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>
 using HttpHeader = boost::beast::http::response<boost::beast::http::empty_body>;
 using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
 
-// The byte stream to one client. write() must make progress within the connection's write timeout
-// (a client that stops reading is dropped).
+// The byte stream to one client. write() and send_file() must make progress within the connection's
+// write timeout (a client that stops reading is dropped).
 class ClientConnection {
  public:
   virtual ~ClientConnection() = default;
   virtual boost::asio::awaitable<boost::system::error_code> write(std::span<const uint8_t> bytes) = 0;
+  // Sends `length` bytes of the open file `fd` from `offset` (the caller keeps `fd` open). Fewer
+  // bytes than asked, without an error, mean the file is shorter than that.
+  virtual boost::asio::awaitable<std::pair<boost::system::error_code, uint64_t>> send_file(int fd, uint64_t offset,
+                                                                                           uint64_t length) = 0;
   virtual void close() = 0;
 };
 
-// A ClientConnection over any Asio stream whose lowest layer is a beast::tcp_stream.
+// Piece size of a file sent through a TLS stream: the memory one such download holds.
+inline constexpr size_t kFilePieceBytes = 64 * 1024;
+
+// A ClientConnection over any Asio stream whose lowest layer is a beast::tcp_stream. On a plain TCP
+// stream, files go out with sendfile(2): the kernel copies them from the page cache, and a download
+// holds no buffer of zoogate's.
+
 template <typename Stream>
 class StreamConnection final : public ClientConnection {
  public:
@@ -57,6 +78,14 @@ class StreamConnection final : public ClientConnection {
         stream_, boost::asio::buffer(bytes.data(), bytes.size()), boost::asio::as_tuple(boost::asio::use_awaitable));
     co_return error;
   }
+  boost::asio::awaitable<std::pair<boost::system::error_code, uint64_t>> send_file(int fd, uint64_t offset,
+                                                                                   uint64_t length) override {
+    if constexpr (std::is_same_v<Stream, boost::beast::tcp_stream>) {
+      co_return co_await send_file_with_sendfile(fd, offset, length);
+    } else {
+      co_return co_await send_file_in_pieces(fd, offset, length);
+    }
+  }
   void close() override {
     boost::beast::error_code ignored;
     boost::beast::get_lowest_layer(stream_).socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
@@ -64,6 +93,58 @@ class StreamConnection final : public ClientConnection {
   }
 
  private:
+  using SendResult = std::pair<boost::system::error_code, uint64_t>;
+
+  boost::asio::awaitable<SendResult> send_file_with_sendfile(int fd, uint64_t offset, uint64_t length) {
+    using namespace boost::asio::experimental::awaitable_operators;
+    auto& socket = stream_.socket();
+    boost::system::error_code error;
+    socket.non_blocking(true, error);
+    if (error) co_return SendResult{error, 0};
+    boost::asio::steady_timer timer(socket.get_executor());
+    uint64_t sent = 0;
+    while (sent < length) {
+      off_t position = static_cast<off_t>(offset + sent);
+      const ssize_t wrote = ::sendfile(socket.native_handle(), fd, &position,
+                                       static_cast<size_t>(std::min<uint64_t>(length - sent, kSendfileCallBytes)));
+      if (wrote > 0) {
+        sent += static_cast<uint64_t>(wrote);
+        continue;
+      }
+      if (wrote == 0) break;  // the file ends here
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        co_return SendResult{boost::system::error_code(errno, boost::system::system_category()), sent};
+      }
+      // The socket buffer is full: wait until the client takes bytes, or give up after the timeout.
+      timer.expires_after(write_timeout_);
+      auto ready = co_await (socket.async_wait(boost::asio::ip::tcp::socket::wait_write,
+                                               boost::asio::as_tuple(boost::asio::use_awaitable)) ||
+                             timer.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable)));
+      if (ready.index() == 1) co_return SendResult{boost::asio::error::timed_out, sent};
+      if (auto [wait_error] = std::get<0>(ready); wait_error) co_return SendResult{wait_error, sent};
+    }
+    co_return SendResult{{}, sent};
+  }
+
+  boost::asio::awaitable<SendResult> send_file_in_pieces(int fd, uint64_t offset, uint64_t length) {
+    std::vector<uint8_t> piece(static_cast<size_t>(std::min<uint64_t>(length, kFilePieceBytes)));
+    uint64_t sent = 0;
+    while (sent < length) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(piece.size(), length - sent));
+      const ssize_t got = ::pread(fd, piece.data(), want, static_cast<off_t>(offset + sent));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) co_return SendResult{boost::system::error_code(errno, boost::system::system_category()), sent};
+      if (got == 0) break;
+      if (auto error = co_await write(std::span(piece.data(), static_cast<size_t>(got)))) co_return SendResult{error, sent};
+      sent += static_cast<uint64_t>(got);
+    }
+    co_return SendResult{{}, sent};
+  }
+
+  // Bytes one sendfile(2) call may send: keeps one download from holding its thread for long.
+  static constexpr uint64_t kSendfileCallBytes = 4 << 20;
+
   Stream& stream_;
   std::chrono::milliseconds write_timeout_;
 };
@@ -87,6 +168,9 @@ class ClientExchange {
   boost::asio::awaitable<Status> send_header(HttpHeader header);
   // Body bytes of a streamed answer (nothing is written for HEAD requests).
   boost::asio::awaitable<Status> send_body(std::span<const uint8_t> bytes);
+  // Body bytes of a streamed answer from a file (see ClientConnection::send_file); a file shorter
+  // than `length` is an error, and the connection is aborted.
+  boost::asio::awaitable<Status> send_file_body(int fd, uint64_t offset, uint64_t length);
   // Closes the connection: a streamed answer that cannot be completed must never look complete.
   void abort();
 

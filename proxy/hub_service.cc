@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/field.hpp>
@@ -33,9 +34,9 @@ namespace {
 // The answer of an upstream error or redirect that zoogate passes on is small; anything larger is
 // cut off rather than held.
 constexpr uint64_t kMaxRelayedBodyBytes = 1 << 20;
-// Piece size when streaming a file to a client: with one piece held back for the digest check, the
-// memory a download takes, whatever the file's size and the client's speed.
-constexpr size_t kStreamChunkBytes = 256 * 1024;
+// Piece size when passing a file through: a download holds three (one being sent, one held back for
+// the digest check, one being read), whatever the file's size and the client's speed.
+constexpr size_t kStreamChunkBytes = 128 * 1024;
 // Names of the kinds of files remembered by upstream identity.
 constexpr std::string_view kRouteArtifact = "artifact";
 constexpr std::string_view kRoutePass = "pass";
@@ -574,22 +575,10 @@ asio::awaitable<void> HubService::serve_artifact(ClientExchange& exchange, const
   header.content_length(length);
   if (!co_await exchange.send_header(std::move(header)) || exchange.is_head()) co_return;
 
-  std::vector<uint8_t> chunk(kStreamChunkBytes);
-  uint64_t offset = first;
-  const uint64_t end = first + length;
-  while (offset < end) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), end - offset));
-    const ssize_t got = ::pread(fd, chunk.data(), want, static_cast<off_t>(offset));
-    if (got <= 0) {
-      if (got < 0 && errno == EINTR) continue;
-      exchange.error_message = "the cached file could not be read";
-      exchange.abort();
-      co_return;
-    }
-    if (!co_await exchange.send_body(std::span(chunk.data(), static_cast<size_t>(got)))) co_return;
-    metrics_.add_client_bytes(static_cast<uint64_t>(got));
-    offset += static_cast<uint64_t>(got);
-  }
+  const uint64_t sent_before = exchange.bytes_sent();
+  auto sent = co_await exchange.send_file_body(fd, first, length);
+  metrics_.add_client_bytes(exchange.bytes_sent() - sent_before);
+  if (!sent) exchange.error_message = sent.error().message;
 }
 
 asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, Obtained& obtained) {
@@ -659,9 +648,6 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
   // ones stream with the last piece held back until the digest matches; on a mismatch the
   // connection closes short, which every client treats as a failed download.
   ContentVerifier verifier(file);
-  const bool verify_first = file.size <= config_.pipeline.buffer_before_send;
-  std::vector<uint8_t> held;            // verified-later bytes not yet sent (all of them when verify_first)
-  uint64_t position = 0;                // file offset of held.front()
   auto send_window = [&](std::span<const uint8_t> bytes, uint64_t at) -> asio::awaitable<bool> {
     // Sends the part of [at, at + size) that lies within the requested range.
     const uint64_t begin = std::max(at, first);
@@ -672,36 +658,60 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     metrics_.add_client_bytes(part.size());
     co_return true;
   };
+  auto upstream_failed = [&](const Error& error, bool header_sent) -> asio::awaitable<void> {
+    if (!header_sent) {
+      co_return (void)co_await exchange.send_error(502, "ZoogateUpstreamError", "the upstream failed: " + error.describe());
+    }
+    exchange.error_message = "the upstream failed mid-body: " + error.message;
+    exchange.abort();
+  };
   verifier.update(first_bytes);
-  held = std::move(first_bytes);
+  std::vector<uint8_t> held = std::move(first_bytes);  // the newest bytes: not sent before they are verified
+  uint64_t position = 0;                                // file offset of the first byte not sent yet
   bool header_sent = false;
   std::vector<uint8_t> chunk(kStreamChunkBytes);
-  for (;;) {
-    auto got = co_await body.read_some(chunk);
-    if (!got) {
-      if (!header_sent) {
-        co_return (void)co_await exchange.send_error(502, "ZoogateUpstreamError", "the upstream failed: " + got.error().describe());
-      }
-      exchange.error_message = "the upstream failed mid-body";
-      exchange.abort();
-      co_return;
-    }
-    if (*got == 0) break;
-    verifier.update(std::span(chunk.data(), *got));
-    if (verify_first) {
+
+  if (file.size <= config_.pipeline.buffer_before_send) {
+    // Small files are checked whole before the answer starts, so a bad one gets a clear 502.
+    for (;;) {
+      auto got = co_await body.read_some(chunk);
+      if (!got) co_return co_await upstream_failed(got.error(), header_sent);
+      if (*got == 0) break;
+      verifier.update(std::span(chunk.data(), *got));
       if (held.size() + *got > config_.pipeline.buffer_before_send) {
         co_return (void)co_await exchange.send_error(502, "ZoogateUpstreamError", "the upstream sent more bytes than it announced");
       }
       held.insert(held.end(), chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(*got));
-      continue;
     }
-    if (!header_sent) {
-      if (!co_await exchange.send_header(header)) co_return;
-      header_sent = true;
+  } else {
+    // Larger ones stream with the newest piece held back until the next one arrives, and the last
+    // until the digest matches: on a mismatch the connection closes short, which every client treats
+    // as a failed download. Sending a piece overlaps reading the next one, so three pieces at most
+    // are in memory.
+    using namespace asio::experimental::awaitable_operators;
+    std::vector<uint8_t> sending;  // the piece before `held`: known not to be the last
+    for (;;) {
+      bool sent = true;
+      Result<size_t> got = size_t{0};
+      if (sending.empty()) {
+        got = co_await body.read_some(chunk);
+      } else {
+        if (!header_sent) {
+          if (!co_await exchange.send_header(header)) co_return;
+          header_sent = true;
+        }
+        std::tie(sent, got) = co_await (send_window(sending, position) && body.read_some(chunk));
+        if (!sent) co_return;
+        position += sending.size();
+      }
+      if (!got) co_return co_await upstream_failed(got.error(), header_sent);
+      if (*got == 0) break;
+      verifier.update(std::span(chunk.data(), *got));
+      chunk.resize(*got);
+      std::swap(sending, held);  // the piece held back is not the last: it goes out next
+      std::swap(held, chunk);    // the new piece is held back in its place
+      chunk.resize(kStreamChunkBytes);
     }
-    if (!co_await send_window(held, position)) co_return;
-    position += held.size();
-    held.assign(chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(*got));
   }
   if (auto verified = verifier.finish(); !verified) {
     metrics_.count_upstream_error(verifier.complete() ? UpstreamErrorReason::kDigestMismatch

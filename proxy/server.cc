@@ -277,7 +277,7 @@ template <typename Stream, typename Handler>
 asio::awaitable<void> ServerState::serve_requests(Stream& stream, beast::flat_buffer& buffer, const std::string& client,
                                                   Listener listener, Handler handler) {
   StreamConnection<Stream> connection(stream, config.limits.client_idle_timeout);
-  while (!draining) {
+  while (!draining || listener == Listener::kAdmin) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<uint32_t>(config.limits.max_request_header_bytes));
     parser.body_limit(kMaxRequestBodyBytes);
@@ -353,6 +353,51 @@ asio::awaitable<void> ServerState::handle_admin(ClientExchange& exchange) {
 
 // ---------------------------------------------------------------------------------------------------
 // Egress (forward proxy): CONNECT and absolute-form requests, decided per host and port.
+
+namespace {
+
+// The addresses a destination resolved to, less those `check` refuses.
+struct ResolvedDestination {
+  bool resolved = false;
+  std::vector<tcp::endpoint> allowed;
+  std::string refusal;  // why the first refused address was refused
+};
+
+// Resolves `host` and judges every address before any connection is tried: connecting first and
+// judging afterwards would send packets to refused addresses, and would tell a client whether a
+// port on an internal address is open ("cannot connect" for a closed one, "private address" for an
+// open one). The address finally connected to is judged again by the caller.
+asio::awaitable<ResolvedDestination> resolve_destination(asio::any_io_executor executor, const std::string& host,
+                                                         uint16_t port, const DestinationCheck& check) {
+  ResolvedDestination destination;
+  tcp::resolver resolver(executor);
+  const std::string service = std::to_string(port);
+  auto [error, endpoints] = co_await resolver.async_resolve(host, service, kAsTuple);
+  if (error) co_return destination;
+  destination.resolved = true;
+  for (const auto& entry : endpoints) {
+    const tcp::endpoint endpoint = entry.endpoint();
+    DestinationVerdict verdict = check.check(host, endpoint.address());
+    if (verdict.allowed) {
+      destination.allowed.push_back(endpoint);
+    } else if (destination.refusal.empty()) {
+      destination.refusal = std::move(verdict.reason);
+    }
+  }
+  co_return destination;
+}
+
+// Host and port a Host header names, the host lowercased; `default_port` when it names no port;
+// nullopt when it is not a host with an optional port.
+std::optional<std::pair<std::string, uint16_t>> host_and_port_of(std::string_view value, uint16_t default_port) {
+  if (value.empty()) return std::nullopt;
+  const bool bracketed = value.starts_with("[");
+  const bool has_port = bracketed ? !value.ends_with("]") : value.find(':') != std::string_view::npos;
+  if (has_port) return parse_authority(value);
+  return parse_authority(std::string(value) + ":" + std::to_string(default_port));
+}
+
+}  // namespace
 
 asio::awaitable<std::optional<std::string>> ServerState::authenticate(const HttpRequest& request) {
   const auto& auth = config.egress.auth;
@@ -478,11 +523,31 @@ asio::awaitable<void> ServerState::egress_session(tcp::socket socket) {
     finish();
     co_await tunnel(stream, buffer, host, port);
   } else {
-    // Nothing is minted for an upstream that zoogate cannot reach with verified TLS.
+    // Nothing is minted for an upstream that zoogate cannot reach with verified TLS. The upstream
+    // client judges the address it connects to; refused addresses are not even tried (see
+    // resolve_destination), with the same exception for the configured Hub as the upstream client's.
+    std::vector<std::string> non_public_allowed = config.egress.allow_private_destinations;
+    non_public_allowed.push_back(hub_url.host);
+    const DestinationCheck check(std::move(non_public_allowed));
+    auto executor = stream.get_executor();
+    const ResolvedDestination destination = co_await resolve_destination(executor, host, port, check);
+    if (destination.resolved && destination.allowed.empty() && !destination.refusal.empty()) {
+      metrics->count_denial(DenialReason::kAddress);
+      co_await exchange.send_error(502, "ZoogateUpstreamError",
+                                   "refused to connect to https://" + host + ":" + std::to_string(port) + ": " +
+                                       destination.refusal);
+      finish();
+      --sessions;
+      co_return;
+    }
     Url upstream_url{host, port, "/"};
     if (auto reachable = co_await upstream->check_upstream(upstream_url); !reachable) {
-      metrics->count_denial(reachable.error().code == ErrorCode::kForbidden ? DenialReason::kAddress
-                                                                             : DenialReason::kUpstreamTls);
+      // Only a refusal counts as a denial; an upstream that is down or unknown is not one.
+      if (reachable.error().code == ErrorCode::kForbidden) {
+        metrics->count_denial(DenialReason::kAddress);
+      } else if (reachable.error().message.find("TLS") != std::string::npos) {
+        metrics->count_denial(DenialReason::kUpstreamTls);
+      }
       co_await exchange.send_error(502, "ZoogateUpstreamError", reachable.error().message);
       finish();
       --sessions;
@@ -499,20 +564,28 @@ asio::awaitable<void> ServerState::egress_session(tcp::socket socket) {
 
 asio::awaitable<void> ServerState::tunnel(beast::tcp_stream& stream, beast::flat_buffer& buffer, const std::string& host,
                                           uint16_t port) {
-  tcp::resolver resolver(stream.get_executor());
-  auto [resolve_error, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), kAsTuple);
+  const DestinationCheck check(config.egress.allow_private_destinations);
+  auto executor = stream.get_executor();
+  const ResolvedDestination resolved = co_await resolve_destination(executor, host, port, check);
   StreamConnection<beast::tcp_stream> connection(stream, config.limits.client_idle_timeout);
   auto refuse = [&](std::string_view why) -> asio::awaitable<void> {
     std::string answer = "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\nX-Error-Message: " +
                          std::string(why) + "\r\n\r\n";
     (void)co_await connection.write(std::span(reinterpret_cast<const uint8_t*>(answer.data()), answer.size()));
   };
-  if (resolve_error) co_return co_await refuse("cannot resolve the destination");
+  if (!resolved.resolved || (resolved.allowed.empty() && resolved.refusal.empty())) {
+    co_return co_await refuse("cannot resolve the destination");
+  }
+  if (resolved.allowed.empty()) {
+    metrics->count_denial(DenialReason::kAddress);
+    co_return co_await refuse(resolved.refusal);
+  }
   beast::tcp_stream destination(stream.get_executor());
   destination.expires_after(config.upstream.connect_timeout);
-  auto [connect_error, endpoint] = co_await destination.async_connect(endpoints, kAsTuple);
+  auto [connect_error, endpoint] = co_await destination.async_connect(resolved.allowed, kAsTuple);
   if (connect_error) co_return co_await refuse("cannot connect to the destination");
-  DestinationVerdict verdict = DestinationCheck(config.egress.allow_private_destinations).check(host, endpoint.address());
+  // Judged again by the address actually connected to.
+  DestinationVerdict verdict = check.check(host, endpoint.address());
   if (!verdict.allowed) {
     metrics->count_denial(DenialReason::kAddress);
     co_return co_await refuse(verdict.reason);
@@ -578,12 +651,19 @@ asio::awaitable<void> ServerState::intercept(beast::tcp_stream& stream, beast::f
   const std::string scope = user && !user->empty() ? "user:" + *user : client;
   auto answer = [&](ClientExchange& exchange) -> asio::awaitable<void> {
     exchange.user = user;
-    const std::string request_host = host_of(exchange.request()[http::field::host]);
-    if (request_host != host) {
+    // Host and port: a Host without a port names 443, the port of https.
+    const auto host_header = exchange.request()[http::field::host];
+    const auto request_authority = host_and_port_of(std::string_view(host_header.data(), host_header.size()), 443);
+    if (!request_authority || request_authority->first != host || request_authority->second != port) {
       metrics->count_denial(DenialReason::kMismatch);
       exchange.close_after();
-      co_return (void)co_await exchange.send_error(
-          400, "ZoogateHostMismatch", "the Host header names " + request_host + ", the tunnel was opened to " + host);
+      // Named, not a temporary inside the co_await: see worker_pool.h on g++ 12.
+      const std::string named = request_authority ? request_authority->first + ":" +
+                                                        std::to_string(request_authority->second)
+                                                  : std::string("no host");
+      const std::string message = "the Host header names " + named + ", the tunnel was opened to " + host + ":" +
+                                  std::to_string(port);
+      co_return (void)co_await exchange.send_error(400, "ZoogateHostMismatch", message);
     }
     if (!is_hub) {
       co_return (void)co_await exchange.send_error(
@@ -603,8 +683,8 @@ asio::awaitable<void> ServerState::drain() {
   draining = true;
   log->write_event("draining", {{"requests_in_flight", requests_in_flight.load()}});
   boost::system::error_code ignored;
+  // The admin listener stays up to the end: /readyz answers 503 and /metrics shows the drain.
   hub_acceptor.close(ignored);
-  admin_acceptor.close(ignored);
   egress_acceptor.close(ignored);
   asio::steady_timer timer(io);
   const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;

@@ -5,8 +5,9 @@
 // `worker_threads` run the blocking work (disarm, variation, hashing, cache reads and writes). Nothing
 // on an I/O thread waits for a disk-bound computation.
 //
-// Lifetime: run() blocks until SIGTERM or SIGINT, then drains: listeners close, /readyz answers 503,
-// connections finish the request they are serving (up to kDrainTimeout) and close.
+// Lifetime: run() blocks until SIGTERM or SIGINT, then drains: the Hub and egress listeners close,
+// their connections finish the request they are serving (up to kDrainTimeout) and close, while the
+// admin listener goes on answering (/readyz with 503, /metrics) until the process ends.
 #pragma once
 
 #include <memory>

@@ -98,7 +98,7 @@ public_url: "https://models.example.com:8443"
 io_threads: 4
 worker_threads: 16
 upstream:
-  hub_url: "http://127.0.0.1:5000/"
+  hub_url: "https://127.0.0.1:5000/"
   redirect_hosts: [127.0.0.1, localhost, "*.cdn.example", "::1"]
   ca_bundle: /etc/zoogate/hub-ca.pem
   connect_timeout: 500ms
@@ -159,7 +159,7 @@ TEST(ServerConfig, ReadsEveryKey) {
   EXPECT_EQ(config.io_threads, 4u);
   EXPECT_EQ(config.worker_threads, 16u);
 
-  EXPECT_EQ(config.upstream.hub_url, "http://127.0.0.1:5000/");
+  EXPECT_EQ(config.upstream.hub_url, "https://127.0.0.1:5000/");
   EXPECT_EQ(config.upstream.redirect_hosts,
             (std::vector<std::string>{"127.0.0.1", "localhost", "*.cdn.example", "::1"}));
   EXPECT_EQ(config.upstream.ca_bundle, "/etc/zoogate/hub-ca.pem");
@@ -347,8 +347,10 @@ TEST(ServerConfig, RefusesBadHubUrls) {
   EXPECT_EQ(parse_ok("upstream: {hub_url: 'https://hub.corp.example/'}").upstream.hub_url,
             "https://hub.corp.example/");
   EXPECT_EQ(refusal("upstream:\n  hub_url: ftp://huggingface.co\n"),
-            "zoogate.yaml:2:12: 'upstream.hub_url' must be an http(s)://HOST[:PORT] URL: the scheme must be "
-            "https:// or http:// (in lower case), got 'ftp://huggingface.co'");
+            "zoogate.yaml:2:12: 'upstream.hub_url' must be an https://HOST[:PORT] URL: the scheme must be "
+            "https:// (in lower case): zoogate verifies its upstream, got 'ftp://huggingface.co'");
+  EXPECT_THAT(refusal("upstream:\n  hub_url: http://127.0.0.1:5000\n"),
+              HasSubstr("must be an https://HOST[:PORT] URL: the scheme must be https://"));
   EXPECT_THAT(refusal("upstream: {hub_url: 'https://huggingface.co/api'}"),
               HasSubstr("nothing may follow the host and port but '/', got 'https://huggingface.co/api'"));
   EXPECT_THAT(refusal("upstream: {hub_url: 'https://huggingface.co?x=1'}"), HasSubstr("nothing may follow"));
@@ -362,7 +364,7 @@ TEST(ServerConfig, RefusesBadHubUrls) {
   for (std::string_view url : {"https://", "https://:443", "https://::1", "https://[::1", "https://hug_ging.co",
                                "https://-hf.co", "https://hf..co", "https://1.2.3", "HTTPS://hf.co", "hf.co"}) {
     EXPECT_THAT(refusal("upstream: {hub_url: '" + std::string(url) + "'}"),
-                StartsWith("zoogate.yaml:1:21: 'upstream.hub_url' must be an http(s)://HOST[:PORT] URL"))
+                StartsWith("zoogate.yaml:1:21: 'upstream.hub_url' must be an https://HOST[:PORT] URL"))
         << url;
   }
   EXPECT_EQ(refusal("upstream: {hub_url: ''}"), "zoogate.yaml:1:21: 'upstream.hub_url' must be a non-empty string");
