@@ -883,19 +883,40 @@ void ArtifactCache::forget_verified(const std::string& item) {
 // ---- Fill locks
 
 Result<FillLock> ArtifactCache::acquire_fill_lock(const CacheKey& key) {
-  std::string key_name = key.name();
+  auto lock = acquire_lock(key.name(), /*wait=*/true);
+  if (!lock) return tl::unexpected(lock.error());
+  return std::move(**lock);
+}
+
+Result<std::optional<FillLock>> ArtifactCache::try_acquire_fetch_lock(std::string_view upstream_id) {
+  Sha256 hash;
+  hash_length_prefixed(hash, "zoogate fetch lock");
+  hash_length_prefixed(hash, upstream_id);
+  return acquire_lock("fetch-" + to_hex(hash.finish()), /*wait=*/false);
+}
+
+Result<std::optional<FillLock>> ArtifactCache::acquire_lock(std::string name, bool wait) {
   {
     std::unique_lock lock(fill_mutex_);
-    fill_released_.wait(lock, [&] { return !filling_.contains(key_name); });
-    filling_.insert(key_name);
+    if (!wait && filling_.contains(name)) return std::nullopt;
+    fill_released_.wait(lock, [&] { return !filling_.contains(name); });
+    filling_.insert(name);
   }
-  const std::string path = join(join(root_, "locks"), key_name + ".lock");
+  const std::string path = join(join(root_, "locks"), name + ".lock");
   for (;;) {
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-    Status locked = fd.get() < 0 ? Status(os_failure("cannot open", path, errno)) : lock_exclusively(fd.get(), path);
-    if (!locked) {
-      release_fill_slot(key_name);
-      return tl::unexpected(locked.error());
+    if (fd.get() < 0) {
+      release_fill_slot(name);
+      return tl::unexpected(os_failure("cannot open", path, errno));
+    }
+    int result = 0;
+    while ((result = ::flock(fd.get(), wait ? LOCK_EX : LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {
+    }
+    if (result != 0) {
+      const int error = errno;
+      release_fill_slot(name);
+      if (error == EWOULDBLOCK) return std::nullopt;
+      return tl::unexpected(os_failure("cannot lock", path, error));
     }
     // The holder before us may have removed the file we waited on; the lock counts only on the file
     // that is at the path now.
@@ -903,7 +924,7 @@ Result<FillLock> ArtifactCache::acquire_fill_lock(const CacheKey& key) {
     struct stat named {};
     if (::fstat(fd.get(), &held) == 0 && ::stat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
         held.st_ino == named.st_ino) {
-      return FillLock(*this, std::move(key_name), fd.release(), path);
+      return std::optional<FillLock>(FillLock(*this, std::move(name), fd.release(), path));
     }
   }
 }

@@ -237,6 +237,10 @@ class ArtifactCache {
   // Blocks until this thread holds the fill lock of `key` in this process and across processes. Not
   // reentrant: a thread that asks again for a key it holds waits forever.
   Result<FillLock> acquire_fill_lock(const CacheKey& key);
+  // The fetch lock of one upstream file (by UpstreamFile::upstream_id()), held by whoever downloads
+  // it, so that processes sharing the folder download it once; nullopt when someone, in this process
+  // or another, holds it now. Never blocks.
+  Result<std::optional<FillLock>> try_acquire_fetch_lock(std::string_view upstream_id);
 
   // The verified spooled upstream file with this SHA-256 (64 lowercase hex digits), or nullopt (also
   // when it was damaged: it is then removed). Marks it as used. Reports no hit or miss.
@@ -325,6 +329,8 @@ class ArtifactCache {
   void remember_verified(const std::string& item, const FileIdentity& identity, const Sha256::Digest& sha256);
   void forget_verified(const std::string& item);
   void notify_size(const Usage& usage);
+  // A fill or fetch lock by its name (in locks/); with `wait` false, nullopt when it is held.
+  Result<std::optional<FillLock>> acquire_lock(std::string name, bool wait);
   void release_fill_slot(const std::string& key_name);
 
   std::string root_;
@@ -344,7 +350,7 @@ class ArtifactCache {
 
   std::mutex fill_mutex_;
   std::condition_variable fill_released_;
-  std::set<std::string> filling_;  // key names whose fill lock a thread of this process holds
+  std::set<std::string> filling_;  // names of the locks a thread of this process holds
 };
 
 }  // namespace zoogate::proxy

@@ -17,7 +17,6 @@
 #include "mtd/layout_variation.h"
 #include "mtd/manifest.h"
 #include "proxy/access_log.h"
-#include "proxy/completion.h"
 #include "proxy/metrics.h"
 #include "proxy/spool_file.h"
 #include "proxy/worker_pool.h"
@@ -33,6 +32,15 @@ constexpr size_t kDownloadChunkBytes = 1 << 20;
 
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
 // LFS) are identified by it, and it is all that lets zoogate check their bytes.
+// Names the MTD secret in cache keys without revealing it, so that processes sharing a cache folder
+// with different secrets never serve each other's variants.
+std::string variation_secret_id(const std::vector<uint8_t>& secret) {
+  Sha256 hash;
+  hash.update(std::string_view("zoogate variation secret id"));
+  hash.update(secret);
+  return to_hex(hash.finish()).substr(0, 16);
+}
+
 // Measures the time the variation's planning takes inside a sanitize run.
 class TimedPlanner final : public cdr::LayoutPlanner {
  public:
@@ -145,8 +153,9 @@ class ArtifactPipeline::Job {
   std::atomic<bool> abandoned{false};  // set when the download is no longer needed
   Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
   std::optional<InFlight> in_progress;  // counts the job in zoogate_artifacts_in_progress
+  std::optional<FillLock> fetch_lock;   // held until the job ends: other processes wait for its entry
 
-  Completion<ArtifactOutcome> outcome;
+  std::shared_ptr<Completion<ArtifactOutcome>> outcome = std::make_shared<Completion<ArtifactOutcome>>();
 };
 
 ArtifactPipeline::ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
@@ -159,7 +168,8 @@ ArtifactPipeline::ArtifactPipeline(PipelineSettings settings, config::PolicyConf
       signing_public_key_(signing_key_.public_key()),
       workers_(workers),
       metrics_(metrics),
-      log_(log) {}
+      log_(log),
+      secret_id_(variation_secret_id(settings_.mtd_secret)) {}
 
 ArtifactPipeline::~ArtifactPipeline() { shut_down(); }
 
@@ -168,7 +178,7 @@ CacheKey ArtifactPipeline::key_for(const UpstreamFile& file, std::string_view sc
   // inside the key's hash.
   std::string variant = settings_.mtd_secret.empty()
                             ? "canonical"
-                            : "layout:" + std::string(scope) + ":" + std::to_string(settings_.mtd_epoch) +
+                            : "layout:" + secret_id_ + ":" + std::string(scope) + ":" + std::to_string(settings_.mtd_epoch) +
                                   (settings_.permute_weights ? ":weights" : "");
   return CacheKey{file.upstream_id(), policies_.policy_for(file.repository).version, std::move(variant)};
 }
@@ -195,6 +205,11 @@ std::optional<ArtifactOutcome> ArtifactPipeline::stored_outcome(const CacheKey& 
   return std::nullopt;
 }
 
+size_t ArtifactPipeline::running_jobs() {
+  std::lock_guard lock(jobs_mutex_);
+  return jobs_.size();
+}
+
 bool ArtifactPipeline::running(const UpstreamFile& file, std::string_view scope) {
   std::lock_guard lock(jobs_mutex_);
   return jobs_.count(key_for(file, scope).name()) != 0;
@@ -211,25 +226,32 @@ asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait(const Ups
     if (found != jobs_.end()) job = found->second;
   }
   if (!job) co_return co_await run_on_workers(workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
-  co_return co_await job->outcome.wait(wait);
+  co_return co_await job->outcome->wait(wait);
 }
 
-void ArtifactPipeline::start(const UpstreamFile& file, std::string scope, UpstreamBody body,
-                             asio::any_io_executor io_executor) {
+std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start(const UpstreamFile& file, std::string scope,
+                                                                    UpstreamBody body, asio::any_io_executor io_executor,
+                                                                    std::optional<FillLock> fetch_lock) {
   CacheKey key = key_for(file, scope);
   std::string key_name = key.name();
   std::shared_ptr<Job> job = std::make_shared<Job>();
   {
     std::lock_guard lock(jobs_mutex_);
-    if (shutting_down_ || jobs_.count(key_name) != 0) return;
+    if (shutting_down_) {
+      job->outcome->set(failed_outcome("zoogate is shutting down", "shutdown"));
+      return job->outcome;
+    }
+    if (auto running = jobs_.find(key_name); running != jobs_.end()) return running->second->outcome;
     job->file = file;
     job->scope = std::move(scope);
     job->key = std::move(key);
     job->key_name = key_name;
     job->policy = policies_.policy_for(file.repository);
+    if (fetch_lock) job->fetch_lock.emplace(std::move(*fetch_lock));
     jobs_.emplace(key_name, job);
   }
   run_job(job, std::move(body), std::move(io_executor));
+  return job->outcome;
 }
 
 void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio::any_io_executor io_executor) {
@@ -255,6 +277,7 @@ void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio
 
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
   SpoolFile& spool = *job->spool;
+  metrics_.count_upstream_fetch();
   ContentVerifier verifier(job->file);
   auto take = [&](std::span<const uint8_t> bytes) -> Status {
     verifier.update(bytes);
@@ -279,7 +302,6 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
     co_return spool.finish(tl::unexpected(received.error()));
   }
   job->received_sha256 = *received;
-  metrics_.count_upstream_fetch();
   spool.finish({});
 }
 
@@ -385,11 +407,12 @@ void ArtifactPipeline::finish_job(const std::shared_ptr<Job>& job, ArtifactOutco
     log_.write_event("artifact_failed", {{"repository", job->file.repository}, {"file", job->file.file_name},
                                          {"reason", outcome.reason}});
   }
-  job->outcome.set(std::move(outcome));
+  job->outcome->set(std::move(outcome));
   {
     std::lock_guard lock(jobs_mutex_);
     jobs_.erase(job->key_name);
   }
+  job->fetch_lock.reset();
   job->in_progress.reset();
 }
 

@@ -38,6 +38,7 @@
 #include "config/policy_config.h"
 #include "mtd/signing.h"
 #include "proxy/artifact_cache.h"
+#include "proxy/completion.h"
 #include "proxy/upstream_client.h"
 
 namespace zoogate::proxy {
@@ -131,8 +132,15 @@ class ArtifactPipeline {
   bool running(const UpstreamFile& file, std::string_view scope);
 
   // Starts the job for the key with `body`, unless one is running (then `body` is dropped) or the
-  // pipeline is shutting down. The download runs on `io_executor`, the disarm on the worker pool.
-  void start(const UpstreamFile& file, std::string scope, UpstreamBody body, boost::asio::any_io_executor io_executor);
+  // pipeline is shutting down, and returns where the job's outcome arrives (a finished job leaves
+  // jobs that failed nowhere else). The download runs on `io_executor`, the disarm on the worker
+  // pool. The job holds `fetch_lock` (the cache's fetch lock of the file, when the caller took it)
+  // until it ends.
+  std::shared_ptr<Completion<ArtifactOutcome>> start(const UpstreamFile& file, std::string scope, UpstreamBody body,
+                                                     boost::asio::any_io_executor io_executor,
+                                                     std::optional<FillLock> fetch_lock);
+  // How many jobs are running in this process (a draining server waits for them).
+  size_t running_jobs();
   // The outcome of the running job for the key, or nullopt when `wait` passed first (the job goes on
   // and the client may come back); without a running job, lookup()'s answer.
   boost::asio::awaitable<std::optional<ArtifactOutcome>> wait(const UpstreamFile& file, std::string_view scope,
@@ -168,6 +176,7 @@ class ArtifactPipeline {
   std::mutex jobs_mutex_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;  // running, by cache key name
   bool shutting_down_ = false;
+  const std::string secret_id_;  // see variation_secret_id()
 };
 
 }  // namespace zoogate::proxy

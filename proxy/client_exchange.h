@@ -58,6 +58,8 @@ class ClientConnection {
   virtual boost::asio::awaitable<std::pair<boost::system::error_code, uint64_t>> send_file(int fd, uint64_t offset,
                                                                                            uint64_t length) = 0;
   virtual void close() = 0;
+  // True when the client's bytes travel in TLS (an intercepted egress connection).
+  virtual bool encrypted() const = 0;
 };
 
 // Piece size of a file sent through a TLS stream: the memory one such download holds.
@@ -86,6 +88,7 @@ class StreamConnection final : public ClientConnection {
       co_return co_await send_file_in_pieces(fd, offset, length);
     }
   }
+  bool encrypted() const override { return !std::is_same_v<Stream, boost::beast::tcp_stream>; }
   void close() override {
     boost::beast::error_code ignored;
     boost::beast::get_lowest_layer(stream_).socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
@@ -158,6 +161,7 @@ class ClientExchange {
   bool is_head() const { return request_.method() == boost::beast::http::verb::head; }
   const std::string& client_address() const { return client_address_; }
   const std::string& request_id() const { return request_id_; }
+  bool encrypted() const { return connection_.encrypted(); }
 
   // A complete answer: Content-Length and the request id are set here; HEAD requests get the header only.
   boost::asio::awaitable<Status> send(HttpResponse response);

@@ -9,7 +9,9 @@
 #include <cstring>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/post.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/field.hpp>
 #include <openssl/evp.h>
@@ -40,6 +42,8 @@ constexpr size_t kStreamChunkBytes = 128 * 1024;
 // Names of the kinds of files remembered by upstream identity.
 constexpr std::string_view kRouteArtifact = "artifact";
 constexpr std::string_view kRoutePass = "pass";
+// How often a request waiting for another process's download of a file looks whether it has ended.
+constexpr std::chrono::milliseconds kFetchLockPoll{100};
 
 // The first bytes of a file that is still downloading: enough to identify it and to check a
 // safetensors header. Reading past them is an error, never a wait.
@@ -179,9 +183,11 @@ HubService::HubService(const config::ServerConfig& config, Url hub_url, std::sha
       metrics_(metrics) {}
 
 std::string HubService::public_base(const ClientExchange& exchange) const {
-  if (!config_.public_url.empty()) return config_.public_url;
+  // An intercepted client asked the Hub's own origin over TLS; links must send it back there.
+  if (!config_.public_url.empty() && !exchange.encrypted()) return config_.public_url;
   auto host = exchange.request().find(http::field::host);
-  return "http://" + (host == exchange.request().end() ? std::string("localhost") : std::string(host->value()));
+  return (exchange.encrypted() ? "https://" : "http://") +
+         (host == exchange.request().end() ? std::string("localhost") : std::string(host->value()));
 }
 
 asio::awaitable<void> HubService::handle(ClientExchange& exchange, std::string scope) {
@@ -291,11 +297,11 @@ asio::awaitable<std::optional<std::string>> HubService::remembered_route(const U
   co_return record ? *record : std::nullopt;
 }
 
-void HubService::remember_route(const UpstreamFile& file, std::string_view kind) {
-  asio::post(workers_, [this, name = "route/" + file.upstream_id(), text = std::string(kind)] {
-    // Forgetting costs one identification on the next request; nothing depends on it.
-    (void)cache_.write_record(name, text);
-  });
+asio::awaitable<void> HubService::remember_route(const UpstreamFile& file, std::string_view kind) {
+  // Written before the fetch lock is released, so that other processes sharing the cache find it.
+  // Forgetting costs one identification on the next request; nothing depends on it.
+  (void)co_await run_on_workers(workers_, &ArtifactCache::write_record, &cache_, "route/" + file.upstream_id(),
+                                std::string(kind));
 }
 
 // Held by the one request that fetches and identifies a file nobody has seen yet; the requests that
@@ -365,23 +371,46 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
       if (!found->empty()) remembered = std::move(*found);  // empty: the first request failed; try again
     }
   }
-  if (remembered == kRouteArtifact || pipeline_.running(file, scope)) {
-    if (auto outcome = co_await pipeline_.lookup(file, scope)) {
-      obtained.kind = Obtained::Kind::kArtifact;
-      obtained.from_cache = true;
-      obtained.outcome = std::move(outcome);
-      co_return std::move(obtained);
+  // Across processes sharing the cache folder, one at a time downloads a file that is (or may be) an
+  // artifact, under the cache's fetch lock; the others wait for the entry it leaves.
+  std::optional<FillLock> fetch_lock;
+  const auto give_up_at = std::chrono::steady_clock::now() + config_.pipeline.client_wait;
+  auto time_left = [&] {
+    return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      give_up_at - std::chrono::steady_clock::now()));
+  };
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  for (;;) {
+    if (remembered == kRouteArtifact || pipeline_.running(file, scope)) {
+      if (auto outcome = co_await pipeline_.lookup(file, scope)) {
+        obtained.kind = Obtained::Kind::kArtifact;
+        obtained.from_cache = true;
+        obtained.outcome = std::move(outcome);
+        co_return std::move(obtained);
+      }
+      if (pipeline_.running(file, scope)) {
+        obtained.outcome = co_await pipeline_.wait(file, scope, time_left());
+        if (obtained.outcome || pipeline_.running(file, scope)) {
+          obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
+          co_return std::move(obtained);
+        }
+      }
+      // Nothing stored and nothing running (the last attempt failed, or it was another scope's).
     }
-    obtained.outcome = co_await pipeline_.wait(file, scope, config_.pipeline.client_wait);
-    if (obtained.outcome) {
-      obtained.kind = Obtained::Kind::kArtifact;
-      co_return std::move(obtained);
+    if (remembered == kRoutePass) break;  // every client of a passed-through file gets its own download
+    auto locked = co_await run_on_workers(workers_, &ArtifactCache::try_acquire_fetch_lock, &cache_, file.upstream_id());
+    if (!locked) co_return error(500, "ZoogateCacheError", "cannot lock the cache: " + locked.error().describe());
+    if (*locked) {
+      fetch_lock.emplace(std::move(**locked));
+      break;
     }
-    if (pipeline_.running(file, scope)) {
+    if (time_left().count() == 0) {
       obtained.kind = Obtained::Kind::kPending;
       co_return std::move(obtained);
     }
-    // Nothing stored and nothing running (the last attempt failed, or another scope's): fetch it.
+    pause.expires_after(std::min(kFetchLockPoll, time_left()));
+    (void)co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    remembered = co_await remembered_route(file);
   }
   if (remembered == kRoutePass && !need_pass_body) {
     obtained.kind = Obtained::Kind::kPass;
@@ -448,15 +477,16 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   auto detection = cdr::identify_content(prefix);
   const cdr::ContentKind kind = detection ? detection->kind : cdr::ContentKind::kUnknown;
   if (is_pickle_bearing(kind)) {
-    if (remembered != kRouteArtifact) remember_route(file, kRouteArtifact);
+    if (remembered != kRouteArtifact) co_await remember_route(file, kRouteArtifact);
     UpstreamBody upstream_body{std::move(body), std::move(first_bytes)};
-    pipeline_.start(file, scope, std::move(upstream_body), co_await asio::this_coro::executor);
+    auto job_outcome = pipeline_.start(file, scope, std::move(upstream_body), co_await asio::this_coro::executor,
+                                       std::move(fetch_lock));
     if (lease) lease->finish(std::string(kRouteArtifact));  // after start(): the waiters find the job running
-    obtained.outcome = co_await pipeline_.wait(file, scope, config_.pipeline.client_wait);
+    obtained.outcome = co_await job_outcome->wait(config_.pipeline.client_wait);
     obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
     co_return std::move(obtained);
   }
-  if (remembered != kRoutePass) remember_route(file, kRoutePass);
+  if (remembered != kRoutePass) co_await remember_route(file, kRoutePass);
   if (lease) lease->finish(std::string(kRoutePass));
   obtained.kind = Obtained::Kind::kPass;
   obtained.content_type = header_value(body->header(), "Content-Type");

@@ -70,7 +70,7 @@ class HubService {
   boost::asio::awaitable<void> answer_pending(ClientExchange& exchange);
 
   boost::asio::awaitable<std::optional<std::string>> remembered_route(const UpstreamFile& file);
-  void remember_route(const UpstreamFile& file, std::string_view kind);
+  boost::asio::awaitable<void> remember_route(const UpstreamFile& file, std::string_view kind);
   std::string public_base(const ClientExchange& exchange) const;
 
   const config::ServerConfig& config_;

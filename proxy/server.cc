@@ -356,37 +356,6 @@ asio::awaitable<void> ServerState::handle_admin(ClientExchange& exchange) {
 
 namespace {
 
-// The addresses a destination resolved to, less those `check` refuses.
-struct ResolvedDestination {
-  bool resolved = false;
-  std::vector<tcp::endpoint> allowed;
-  std::string refusal;  // why the first refused address was refused
-};
-
-// Resolves `host` and judges every address before any connection is tried: connecting first and
-// judging afterwards would send packets to refused addresses, and would tell a client whether a
-// port on an internal address is open ("cannot connect" for a closed one, "private address" for an
-// open one). The address finally connected to is judged again by the caller.
-asio::awaitable<ResolvedDestination> resolve_destination(asio::any_io_executor executor, const std::string& host,
-                                                         uint16_t port, const DestinationCheck& check) {
-  ResolvedDestination destination;
-  tcp::resolver resolver(executor);
-  const std::string service = std::to_string(port);
-  auto [error, endpoints] = co_await resolver.async_resolve(host, service, kAsTuple);
-  if (error) co_return destination;
-  destination.resolved = true;
-  for (const auto& entry : endpoints) {
-    const tcp::endpoint endpoint = entry.endpoint();
-    DestinationVerdict verdict = check.check(host, endpoint.address());
-    if (verdict.allowed) {
-      destination.allowed.push_back(endpoint);
-    } else if (destination.refusal.empty()) {
-      destination.refusal = std::move(verdict.reason);
-    }
-  }
-  co_return destination;
-}
-
 // Host and port a Host header names, the host lowercased; `default_port` when it names no port;
 // nullopt when it is not a host with an optional port.
 std::optional<std::pair<std::string, uint16_t>> host_and_port_of(std::string_view value, uint16_t default_port) {
@@ -419,11 +388,14 @@ asio::awaitable<std::optional<std::string>> ServerState::authenticate(const Http
   const std::string user = credentials.substr(0, colon);
   const std::string password = credentials.substr(colon + 1);
   auto entry = std::find_if(auth->users.begin(), auth->users.end(), [&](const auto& pair) { return pair.first == user; });
-  if (entry == auth->users.end()) co_return std::nullopt;
+  // An unknown user costs the same scrypt run as a known one (against another user's hash, whose
+  // answer is ignored): answering at once would tell a client which user names exist.
+  const bool known = entry != auth->users.end();
+  const std::string& hash = known ? entry->second : auth->users.begin()->second;
   // scrypt takes tens of milliseconds by design: off the I/O threads.
   bool (*verify)(std::string_view, std::string_view) = &verify_password;
-  const bool valid = co_await run_on_workers(workers, verify, password, entry->second);
-  co_return valid ? std::optional<std::string>(user) : std::nullopt;
+  const bool valid = co_await run_on_workers(workers, verify, password, hash);
+  co_return known && valid ? std::optional<std::string>(user) : std::nullopt;
 }
 
 asio::awaitable<void> ServerState::egress_session(tcp::socket socket) {
@@ -530,8 +502,8 @@ asio::awaitable<void> ServerState::egress_session(tcp::socket socket) {
     non_public_allowed.push_back(hub_url.host);
     const DestinationCheck check(std::move(non_public_allowed));
     auto executor = stream.get_executor();
-    const ResolvedDestination destination = co_await resolve_destination(executor, host, port, check);
-    if (destination.resolved && destination.allowed.empty() && !destination.refusal.empty()) {
+    const ResolvedDestination destination = co_await resolve_destination(executor, host, port, &check);
+    if (!destination.resolve_error && destination.allowed.empty() && !destination.refusal.empty()) {
       metrics->count_denial(DenialReason::kAddress);
       co_await exchange.send_error(502, "ZoogateUpstreamError",
                                    "refused to connect to https://" + host + ":" + std::to_string(port) + ": " +
@@ -566,14 +538,14 @@ asio::awaitable<void> ServerState::tunnel(beast::tcp_stream& stream, beast::flat
                                           uint16_t port) {
   const DestinationCheck check(config.egress.allow_private_destinations);
   auto executor = stream.get_executor();
-  const ResolvedDestination resolved = co_await resolve_destination(executor, host, port, check);
+  const ResolvedDestination resolved = co_await resolve_destination(executor, host, port, &check);
   StreamConnection<beast::tcp_stream> connection(stream, config.limits.client_idle_timeout);
   auto refuse = [&](std::string_view why) -> asio::awaitable<void> {
     std::string answer = "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\nX-Error-Message: " +
                          std::string(why) + "\r\n\r\n";
     (void)co_await connection.write(std::span(reinterpret_cast<const uint8_t*>(answer.data()), answer.size()));
   };
-  if (!resolved.resolved || (resolved.allowed.empty() && resolved.refusal.empty())) {
+  if (resolved.resolve_error || (resolved.allowed.empty() && resolved.refusal.empty())) {
     co_return co_await refuse("cannot resolve the destination");
   }
   if (resolved.allowed.empty()) {
@@ -688,7 +660,8 @@ asio::awaitable<void> ServerState::drain() {
   egress_acceptor.close(ignored);
   asio::steady_timer timer(io);
   const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
-  while (requests_in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+  // Downloads and disarms in progress finish too: their entries spare the other replicas a fetch.
+  while ((requests_in_flight.load() > 0 || pipeline->running_jobs() > 0) && std::chrono::steady_clock::now() < deadline) {
     timer.expires_after(std::chrono::milliseconds(100));
     co_await timer.async_wait(kAsTuple);
   }

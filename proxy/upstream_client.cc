@@ -168,15 +168,41 @@ void UpstreamClient::return_idle(std::unique_ptr<UpstreamConnection> connection)
   idle.push_back(std::move(connection));
 }
 
+asio::awaitable<ResolvedDestination> resolve_destination(asio::any_io_executor executor, const std::string& host,
+                                                         uint16_t port, const DestinationCheck* check) {
+  ResolvedDestination destination;
+  tcp::resolver resolver(executor);
+  auto [error, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), kAsTuple);
+  if (error) {
+    destination.resolve_error = error;
+    co_return destination;
+  }
+  for (const auto& entry : endpoints) {
+    const tcp::endpoint endpoint = entry.endpoint();
+    DestinationVerdict verdict = check ? check->check(host, endpoint.address()) : DestinationVerdict{true, AddressClass::kPublic, ""};
+    if (verdict.allowed) {
+      destination.allowed.push_back(endpoint);
+    } else if (destination.refusal.empty()) {
+      destination.refusal = std::move(verdict.reason);
+    }
+  }
+  co_return destination;
+}
+
 asio::awaitable<Result<std::unique_ptr<UpstreamConnection>>> UpstreamClient::connect(const Url& url) {
   auto connection = std::make_unique<UpstreamConnection>(io_.get_executor(), tls_, url.origin());
-  tcp::resolver resolver(io_.get_executor());
-  auto [resolve_error, endpoints] = co_await resolver.async_resolve(url.host, std::to_string(url.port), kAsTuple);
-  if (resolve_error) co_return tl::unexpected(upstream_error("cannot resolve", url, resolve_error));
+  const ResolvedDestination destination =
+      co_await resolve_destination(io_.get_executor(), url.host, url.port, settings_.destination_check.get());
+  if (destination.resolve_error) {
+    co_return tl::unexpected(upstream_error("cannot resolve", url, destination.resolve_error));
+  }
+  if (destination.allowed.empty()) {
+    co_return fail(ErrorCode::kForbidden, "refused to connect to " + url.origin() + ": " + destination.refusal);
+  }
 
   beast::tcp_stream& tcp_layer = connection->stream.next_layer();
   tcp_layer.expires_after(settings_.connect_timeout);
-  auto [connect_error, endpoint] = co_await tcp_layer.async_connect(endpoints, kAsTuple);
+  auto [connect_error, endpoint] = co_await tcp_layer.async_connect(destination.allowed, kAsTuple);
   if (connect_error) co_return tl::unexpected(upstream_error("cannot connect to", url, connect_error));
   if (settings_.destination_check) {
     DestinationVerdict verdict = settings_.destination_check->check(url.host, endpoint.address());

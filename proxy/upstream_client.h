@@ -60,6 +60,21 @@ struct UpstreamSettings {
   std::shared_ptr<const DestinationCheck> destination_check;
 };
 
+// The addresses a destination resolved to, less those a DestinationCheck refuses.
+struct ResolvedDestination {
+  boost::system::error_code resolve_error;  // set when the name did not resolve
+  std::vector<boost::asio::ip::tcp::endpoint> allowed;
+  std::string refusal;  // why the first refused address was refused
+};
+
+// Resolves `host` and judges every address before any connection is tried: connecting first and
+// judging afterwards would send packets to refused addresses, and would tell a client whether a
+// port on an internal address is open ("cannot connect" for a closed one, "private address" for an
+// open one). Callers judge the address finally connected to again. A null `check` allows every address.
+boost::asio::awaitable<ResolvedDestination> resolve_destination(boost::asio::any_io_executor executor,
+                                                                const std::string& host, uint16_t port,
+                                                                const DestinationCheck* check);
+
 class UpstreamConnection;
 class UpstreamClient;
 

@@ -9,8 +9,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
+import time
 
 import yaml
 
@@ -69,6 +72,126 @@ def make_workdir(prefix):
 def run(command, timeout=120, **kwargs):
     """subprocess.run with text output captured; never raises on a non-zero exit."""
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx with deploy/nginx/zoogate-lb.conf
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now (nginx cannot listen on port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def lb_wrapper(prefix, backend_ports, listen_port, access_log=None, worker_connections=1024):
+    """Renders deploy/nginx/zoogate-lb.conf for a test: its upstream servers become the given loopback
+    ports (in order; the file must list exactly that many), its listener 127.0.0.1:`listen_port`, and
+    everything else stays as written. Writes PREFIX/conf/zoogate-lb.conf and PREFIX/conf/nginx.conf (a
+    non-daemon, single-process nginx with its pid and temp files under PREFIX, so no root is needed)
+    that includes it; returns the path of nginx.conf. `access_log`: a file for an access log that
+    names the replica(s) each request went to ($upstream_addr, $upstream_status), or None."""
+    text = read(LB_CONFIG_FILE)
+    ports = iter(backend_ports)
+
+    def backend(match):
+        return f"server 127.0.0.1:{next(ports)}{match.group(1)};"
+
+    text, servers = re.subn(r"server\s+[^\s;]+:\d+([^;]*);", backend, text)
+    if servers != len(backend_ports):
+        raise AssertionError(f"the LB file has {servers} upstream servers, the test expected {len(backend_ports)}")
+    text = re.sub(r"listen\s+\[::\]:\d+;", "", text)
+    text, listens = re.subn(r"listen\s+\d+;", f"listen 127.0.0.1:{listen_port};", text)
+    if listens != 1:
+        raise AssertionError("the LB file should listen on one IPv4 port")
+    conf = os.path.join(prefix, "conf")
+    temp = os.path.join(prefix, "temp")
+    os.makedirs(conf, exist_ok=True)
+    os.makedirs(temp, exist_ok=True)
+    with open(os.path.join(conf, "zoogate-lb.conf"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    if access_log:
+        logging = ("log_format replicas '$msec $request_method $request_uri $status $body_bytes_sent '\n"
+                   "                       '\"$upstream_addr\" \"$upstream_status\"';\n"
+                   f"    access_log {access_log} replicas;")
+    else:
+        logging = "access_log off;"
+    with open(os.path.join(conf, "nginx.conf"), "w", encoding="utf-8") as handle:
+        handle.write(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    {logging}
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    include zoogate-lb.conf;
+}}
+""")
+    return os.path.join(conf, "nginx.conf")
+
+
+def nginx_command(prefix, config):
+    return [tool("nginx"), "-p", prefix, "-c", config, "-e", "stderr"]
+
+
+class NginxProcess:
+    """nginx in the foreground with deploy/nginx/zoogate-lb.conf in front of `backend_ports`, listening
+    on a free loopback port (`port`, `url`); stderr goes to PREFIX/nginx.stderr (`log_text()`)."""
+
+    def __init__(self, prefix, backend_ports, access_log=None):
+        self.prefix = prefix
+        self.backend_ports = list(backend_ports)
+        self.access_log = access_log
+        self.stderr_path = os.path.join(prefix, "nginx.stderr")
+        self.process = None
+        self.port = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout=10):
+        # The free port may be taken between the probe and nginx's bind: try a few.
+        for _attempt in range(3):
+            self.port = free_port()
+            config = lb_wrapper(self.prefix, self.backend_ports, self.port, self.access_log)
+            with open(self.stderr_path, "ab") as log:
+                self.process = subprocess.Popen(nginx_command(self.prefix, config), stdin=subprocess.DEVNULL,
+                                                stdout=log, stderr=log)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return self
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+            if "Address already in use" not in self.log_text():
+                break
+        raise RuntimeError(f"nginx did not start listening: {self.log_text()[-2000:]}")
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_text(self):
+        try:
+            return read(self.stderr_path)
+        except FileNotFoundError:
+            return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from deploy_support import LB_CONFIG_FILE, make_workdir, read, run, tool
+from deploy_support import LB_CONFIG_FILE, free_port, lb_wrapper, make_workdir, nginx_command, read, run
 
 
 def directives(text):
@@ -34,59 +34,6 @@ def directives(text):
         if words:
             found.append((words[0], words[1:]))
     return found
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wrapper(prefix, backend_ports, listen_port):
-    """Writes PREFIX/conf/nginx.conf including the LB file with its servers and listeners moved to
-    loopback; returns the path."""
-    text = read(LB_CONFIG_FILE)
-    ports = iter(backend_ports)
-
-    def backend(match):
-        return f"server 127.0.0.1:{next(ports)}{match.group(1)};"
-
-    text, servers = re.subn(r"server\s+[^\s;]+:\d+([^;]*);", backend, text)
-    if servers != len(backend_ports):
-        raise AssertionError(f"the LB file has {servers} upstream servers, the test expected {len(backend_ports)}")
-    text = re.sub(r"listen\s+\[::\]:\d+;", "", text)
-    text, listens = re.subn(r"listen\s+\d+;", f"listen 127.0.0.1:{listen_port};", text)
-    if listens != 1:
-        raise AssertionError("the LB file should listen on one IPv4 port")
-    conf = os.path.join(prefix, "conf")
-    os.makedirs(conf, exist_ok=True)
-    os.makedirs(os.path.join(prefix, "temp"), exist_ok=True)
-    with open(os.path.join(conf, "zoogate-lb.conf"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    temp = os.path.join(prefix, "temp")
-    with open(os.path.join(conf, "nginx.conf"), "w", encoding="utf-8") as handle:
-        handle.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include zoogate-lb.conf;
-}}
-""")
-    return os.path.join(conf, "nginx.conf")
-
-
-def nginx_command(prefix, config):
-    return [tool("nginx"), "-p", prefix, "-c", config, "-e", "stderr"]
 
 
 class LoadBalancerConfigTest(unittest.TestCase):
@@ -124,7 +71,7 @@ class LoadBalancerConfigTest(unittest.TestCase):
 
     def test_nginx_accepts_it(self):
         prefix = make_workdir("nginx-t")
-        config = wrapper(prefix, [free_port() for _ in range(3)], free_port())
+        config = lb_wrapper(prefix, [free_port() for _ in range(3)], free_port())
         result = run([*nginx_command(prefix, config), "-t", "-q"])
         self.assertEqual(result.returncode, 0, result.stderr)
 
@@ -198,7 +145,7 @@ class LoadBalancerBehaviourTest(unittest.TestCase):
         self.replicas = [Replica(name) for name in ("a", "b", "c")]
         self.prefix = make_workdir("nginx")
         self.port = free_port()
-        config = wrapper(self.prefix, [replica.port for replica in self.replicas], self.port)
+        config = lb_wrapper(self.prefix, [replica.port for replica in self.replicas], self.port)
         self.log = open(os.path.join(self.prefix, "nginx.stderr"), "w")
         self.nginx = subprocess.Popen(nginx_command(self.prefix, config), stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
