@@ -159,14 +159,15 @@ class ArtifactPipeline::Job {
 };
 
 ArtifactPipeline::ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
-                                   mtd::PrivateKey signing_key, asio::thread_pool& workers, Metrics& metrics,
-                                   AccessLog& log)
+                                   mtd::PrivateKey signing_key, asio::thread_pool& file_workers,
+                                   asio::thread_pool& disarm_workers, Metrics& metrics, AccessLog& log)
     : settings_(std::move(settings)),
       policies_(std::move(policies)),
       cache_(cache),
       signing_key_(std::move(signing_key)),
       signing_public_key_(signing_key_.public_key()),
-      workers_(workers),
+      file_workers_(file_workers),
+      disarm_workers_(disarm_workers),
       metrics_(metrics),
       log_(log),
       secret_id_(variation_secret_id(settings_.mtd_secret)) {}
@@ -185,7 +186,7 @@ CacheKey ArtifactPipeline::key_for(const UpstreamFile& file, std::string_view sc
 
 asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::lookup(const UpstreamFile& file, std::string scope) {
   CacheKey key = key_for(file, scope);
-  co_return co_await run_on_workers(workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
+  co_return co_await run_on_workers(file_workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
 }
 
 std::optional<ArtifactOutcome> ArtifactPipeline::stored_outcome(const CacheKey& key) {
@@ -225,7 +226,7 @@ asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait(const Ups
     auto found = jobs_.find(key.name());
     if (found != jobs_.end()) job = found->second;
   }
-  if (!job) co_return co_await run_on_workers(workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
+  if (!job) co_return co_await run_on_workers(file_workers_, &ArtifactPipeline::stored_outcome, this, std::move(key));
   co_return co_await job->outcome->wait(wait);
 }
 
@@ -272,7 +273,7 @@ void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio
   }
   job->spool = std::move(*spool);
   asio::co_spawn(io_executor, download(job, std::move(body)), asio::detached);
-  asio::post(workers_, [this, job] { finish_job(job, disarm(*job)); });
+  asio::post(disarm_workers_, [this, job] { finish_job(job, disarm(*job)); });
 }
 
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {

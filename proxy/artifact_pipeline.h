@@ -117,8 +117,8 @@ struct PipelineSettings {
 class ArtifactPipeline {
  public:
   ArtifactPipeline(PipelineSettings settings, config::PolicyConfig policies, ArtifactCache& cache,
-                   mtd::PrivateKey signing_key, boost::asio::thread_pool& workers, Metrics& metrics,
-                   AccessLog& log);
+                   mtd::PrivateKey signing_key, boost::asio::thread_pool& file_workers,
+                   boost::asio::thread_pool& disarm_workers, Metrics& metrics, AccessLog& log);
   ~ArtifactPipeline();
 
   // The cache key of `file` for a client with MTD scope `scope`.
@@ -170,7 +170,8 @@ class ArtifactPipeline {
   ArtifactCache& cache_;
   mtd::PrivateKey signing_key_;
   mtd::PublicKey signing_public_key_;
-  boost::asio::thread_pool& workers_;
+  boost::asio::thread_pool& file_workers_;    // cache lookups
+  boost::asio::thread_pool& disarm_workers_;  // disarms: each blocks while its download goes on
   Metrics& metrics_;
   AccessLog& log_;
   std::mutex jobs_mutex_;

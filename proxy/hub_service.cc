@@ -173,13 +173,13 @@ struct HubService::Obtained {
 };
 
 HubService::HubService(const config::ServerConfig& config, Url hub_url, std::shared_ptr<UpstreamClient> upstream,
-                       ArtifactPipeline& pipeline, ArtifactCache& cache, asio::thread_pool& workers, Metrics& metrics)
+                       ArtifactPipeline& pipeline, ArtifactCache& cache, asio::thread_pool& file_workers, Metrics& metrics)
     : config_(config),
       hub_url_(std::move(hub_url)),
       upstream_(std::move(upstream)),
       pipeline_(pipeline),
       cache_(cache),
-      workers_(workers),
+      file_workers_(file_workers),
       metrics_(metrics) {}
 
 std::string HubService::public_base(const ClientExchange& exchange) const {
@@ -293,14 +293,14 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
 }
 
 asio::awaitable<std::optional<std::string>> HubService::remembered_route(const UpstreamFile& file) {
-  auto record = co_await run_on_workers(workers_, &ArtifactCache::read_record, &cache_, "route/" + file.upstream_id());
+  auto record = co_await run_on_workers(file_workers_, &ArtifactCache::read_record, &cache_, "route/" + file.upstream_id());
   co_return record ? *record : std::nullopt;
 }
 
 asio::awaitable<void> HubService::remember_route(const UpstreamFile& file, std::string_view kind) {
   // Written before the fetch lock is released, so that other processes sharing the cache find it.
   // Forgetting costs one identification on the next request; nothing depends on it.
-  (void)co_await run_on_workers(workers_, &ArtifactCache::write_record, &cache_, "route/" + file.upstream_id(),
+  (void)co_await run_on_workers(file_workers_, &ArtifactCache::write_record, &cache_, "route/" + file.upstream_id(),
                                 std::string(kind));
 }
 
@@ -398,7 +398,7 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
       // Nothing stored and nothing running (the last attempt failed, or it was another scope's).
     }
     if (remembered == kRoutePass) break;  // every client of a passed-through file gets its own download
-    auto locked = co_await run_on_workers(workers_, &ArtifactCache::try_acquire_fetch_lock, &cache_, file.upstream_id());
+    auto locked = co_await run_on_workers(file_workers_, &ArtifactCache::try_acquire_fetch_lock, &cache_, file.upstream_id());
     if (!locked) co_return error(500, "ZoogateCacheError", "cannot lock the cache: " + locked.error().describe());
     if (*locked) {
       fetch_lock.emplace(std::move(**locked));
@@ -871,7 +871,7 @@ asio::awaitable<void> HubService::handle_zoogate(ClientExchange& exchange, std::
                          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
                        });
     if (valid) {
-      auto manifest = co_await run_on_workers(workers_, &ArtifactPipeline::manifest, &pipeline_, std::string(hex));
+      auto manifest = co_await run_on_workers(file_workers_, &ArtifactPipeline::manifest, &pipeline_, std::string(hex));
       if (manifest && *manifest) {
         HttpResponse response{http::status::ok, 11};
         response.set(http::field::content_type, "application/json");

@@ -38,7 +38,7 @@ class AccessLog;
 class HubService {
  public:
   HubService(const config::ServerConfig& config, Url hub_url, std::shared_ptr<UpstreamClient> upstream,
-             ArtifactPipeline& pipeline, ArtifactCache& cache, boost::asio::thread_pool& workers, Metrics& metrics);
+             ArtifactPipeline& pipeline, ArtifactCache& cache, boost::asio::thread_pool& file_workers, Metrics& metrics);
 
   // Answers one request. `scope` names the client for MTD (its user or address).
   boost::asio::awaitable<void> handle(ClientExchange& exchange, std::string scope);
@@ -78,7 +78,7 @@ class HubService {
   std::shared_ptr<UpstreamClient> upstream_;
   ArtifactPipeline& pipeline_;
   ArtifactCache& cache_;
-  boost::asio::thread_pool& workers_;
+  boost::asio::thread_pool& file_workers_;  // short blocking work: cache lookups and records
   Metrics& metrics_;
 
   std::mutex identifying_mutex_;

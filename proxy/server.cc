@@ -178,6 +178,9 @@ Result<mtd::PrivateKey> load_or_create_signing_key(const std::string& path) {
   return mtd::PrivateKey::load(path);
 }
 
+// Threads of the pool for short blocking work (see ServerState::file_workers).
+constexpr unsigned kFileWorkerThreads = 4;
+
 }  // namespace
 
 class ServerState {
@@ -185,8 +188,9 @@ class ServerState {
   explicit ServerState(config::ServerConfig server_config)
       : config(std::move(server_config)),
         io(static_cast<int>(config.io_threads)),
-        workers(config.worker_threads == 0 ? std::max(2u, std::thread::hardware_concurrency()) : config.worker_threads),
-        
+        disarm_workers(config.worker_threads == 0 ? std::max(2u, std::thread::hardware_concurrency())
+                                                  : config.worker_threads),
+        file_workers(kFileWorkerThreads),
         hub_acceptor(io),
         admin_acceptor(io),
         egress_acceptor(io),
@@ -194,7 +198,11 @@ class ServerState {
 
   config::ServerConfig config;
   asio::io_context io;
-  asio::thread_pool workers;
+  // Disarms and variations: one runs as long as its download, waiting for bytes as they arrive.
+  asio::thread_pool disarm_workers;
+  // Short blocking work (cache lookups and records, password checks), kept apart from the disarms so
+  // that a cached file is served however many downloads are being disarmed.
+  asio::thread_pool file_workers;
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<CacheMetrics> cache_metrics;
   std::unique_ptr<AccessLog> log;
@@ -394,7 +402,7 @@ asio::awaitable<std::optional<std::string>> ServerState::authenticate(const Http
   const std::string& hash = known ? entry->second : auth->users.begin()->second;
   // scrypt takes tens of milliseconds by design: off the I/O threads.
   bool (*verify)(std::string_view, std::string_view) = &verify_password;
-  const bool valid = co_await run_on_workers(workers, verify, password, hash);
+  const bool valid = co_await run_on_workers(file_workers, verify, password, hash);
   co_return known && valid ? std::optional<std::string>(user) : std::nullopt;
 }
 
@@ -727,7 +735,8 @@ Result<std::unique_ptr<Server>> Server::create(config::ServerConfig config) {
   state->upstream = std::move(*upstream);
 
   state->pipeline = std::make_unique<ArtifactPipeline>(std::move(pipeline_settings), std::move(*policies), *state->cache,
-                                                       std::move(*signing_key), state->workers, *state->metrics,
+                                                       std::move(*signing_key), state->file_workers,
+                                                       state->disarm_workers, *state->metrics,
                                                        *state->log);
   if (settings.egress.listen) {
     const std::string ca_cert = settings.egress.ca_cert.empty() ? (cache_dir / "ca" / "ca.pem").string() : settings.egress.ca_cert;
@@ -748,7 +757,7 @@ Result<std::unique_ptr<Server>> Server::create(config::ServerConfig config) {
     state->leaves = std::move(*leaves);
   }
   state->hub = std::make_unique<HubService>(state->config, *hub_url, state->upstream, *state->pipeline, *state->cache,
-                                            state->workers, *state->metrics);
+                                            state->file_workers, *state->metrics);
   return std::unique_ptr<Server>(new Server(std::move(state)));
 }
 
@@ -790,7 +799,8 @@ Status Server::run() {
   for (unsigned i = 1; i < state.config.io_threads; ++i) threads.emplace_back([&] { state.io.run(); });
   state.io.run();
   for (auto& thread : threads) thread.join();
-  state.workers.join();
+  state.disarm_workers.join();
+  state.file_workers.join();
   state.log->write_event("stopped", {});
   return {};
 }

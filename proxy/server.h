@@ -2,7 +2,8 @@
 // /healthz, /readyz, /admin/prefetch) and, when configured, the egress listener.
 //
 // Threads: `io_threads` run the io_context on which every connection is a coroutine on its own strand;
-// `worker_threads` run the blocking work (disarm, variation, hashing, cache reads and writes). Nothing
+// `worker_threads` run the disarms and variations; a small pool of its own runs the short blocking
+// work (cache lookups and records, password checks), so that it never queues behind a disarm. Nothing
 // on an I/O thread waits for a disk-bound computation.
 //
 // Lifetime: run() blocks until SIGTERM or SIGINT, then drains: the Hub and egress listeners close,
