@@ -178,6 +178,13 @@ Result<mtd::PrivateKey> load_or_create_signing_key(const std::string& path) {
   return mtd::PrivateKey::load(path);
 }
 
+// The client's address as the access log and the MTD scope name it.
+std::string peer_address(const tcp::socket& socket) {
+  boost::system::error_code error;
+  const tcp::endpoint peer = socket.remote_endpoint(error);
+  return error ? std::string("unknown") : peer.address().to_string();
+}
+
 // Threads of the pool for short blocking work (see ServerState::file_workers).
 constexpr unsigned kFileWorkerThreads = 4;
 
@@ -262,9 +269,7 @@ asio::awaitable<void> ServerState::accept_loop(tcp::acceptor& acceptor, Listener
 asio::awaitable<void> ServerState::session(tcp::socket socket, Listener listener) {
   ++sessions;
   auto in_flight = metrics->session_in_flight();
-  boost::system::error_code endpoint_error;
-  const tcp::endpoint peer = socket.remote_endpoint(endpoint_error);
-  const std::string client = endpoint_error ? std::string("unknown") : peer.address().to_string();
+  const std::string client = peer_address(socket);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   // Named, not a temporary inside the co_await: see worker_pool.h on g++ 12.
@@ -409,9 +414,7 @@ asio::awaitable<std::optional<std::string>> ServerState::authenticate(const Http
 asio::awaitable<void> ServerState::egress_session(tcp::socket socket) {
   ++sessions;
   auto in_flight = metrics->session_in_flight();
-  boost::system::error_code endpoint_error;
-  const tcp::endpoint peer = socket.remote_endpoint(endpoint_error);
-  const std::string client = endpoint_error ? std::string("unknown") : peer.address().to_string();
+  const std::string client = peer_address(socket);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   StreamConnection<beast::tcp_stream> connection(stream, config.limits.client_idle_timeout);

@@ -459,7 +459,9 @@ def bench_pickle_vm(options):
 # certificate verified). Clients reach zoogate and that nginx on plain HTTP over loopback.
 
 PASS_THROUGH_RATIO_TARGET = 0.9  # zoogate's throughput, times nginx proxy_pass's
-COLD_PICKLE_RATIO_TARGET = 1.25  # zoogate's time for a cold checkpoint, times nginx proxy_pass's
+# zoogate's time for a cold checkpoint, times its time to pass the same number of bytes through
+# (DESIGN.md section 8: "within 1.25x the time of the same bytes passed through")
+COLD_PICKLE_RATIO_TARGET = 1.25
 CONCURRENT_RSS_BUDGET_MIB = 256
 BENCH_REPO = "bench/model"
 SMALL_BENCH_REPO = "bench/small-model"
@@ -700,12 +702,13 @@ def bench_proxy_cold_pickle(options):
                     checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
 
     nginx, cold, cached, passed = (measured[name].wall_seconds for name in measured)
-    ratio = cold / nginx
+    ratio = cold / passed
     figures = [
         Figure("nginx proxy_pass, the checkpoint's bytes: wall time", nginx, "s"),
         Figure("zoogate, cold checkpoint (fetch, disarm, serve): wall time", cold, "s",
-               {"nginx proxy_pass": ratio, "zoogate safetensors pass-through": cold / passed},
-               target=f"<= {COLD_PICKLE_RATIO_TARGET}x nginx proxy_pass", met=ratio <= COLD_PICKLE_RATIO_TARGET),
+               {"zoogate safetensors pass-through": ratio, "nginx proxy_pass": cold / nginx},
+               target=f"<= {COLD_PICKLE_RATIO_TARGET}x zoogate safetensors pass-through",
+               met=ratio <= COLD_PICKLE_RATIO_TARGET),
         Figure("zoogate, same-size safetensors pass-through: wall time", passed, "s", {"nginx proxy_pass": passed / nginx}),
         Figure("zoogate, the checkpoint again (cached): wall time", cached, "s", {"nginx proxy_pass": cached / nginx}),
         Figure("zoogate, cold checkpoint: peak RSS (VmHWM)", statistics.median(zoogate_rss), "MiB"),
@@ -859,6 +862,8 @@ def parse_arguments():
     options = parser.parse_args()
     if options.runs < 1 or options.vm_runs < 1 or options.concurrent < 1:
         parser.error("--runs, --vm-runs and --concurrent must be at least 1")
+    # Absolute: the servers started under it (nginx with -p) resolve their own paths from elsewhere.
+    options.work = options.work.resolve()
     # Groups become their benchmarks, in BENCHMARKS' order, each once.
     if options.only:
         chosen = {name for choice in options.only for name in BENCHMARK_GROUPS.get(choice, [choice])}
