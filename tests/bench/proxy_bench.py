@@ -386,6 +386,7 @@ class Zoogate(ServerProcess):
 
     HUB_LINE = re.compile(r"serving the Hub at (http://\S+)")
     ADMIN_LINE = re.compile(r"admin at (http://\S+)")
+    EGRESS_LINE = re.compile(r"egress proxy at (http://\S+)")
 
     def __init__(self, zoogate, folder, config, name="zoogate"):
         self.folder = Path(folder)
@@ -393,7 +394,7 @@ class Zoogate(ServerProcess):
         self.config = config
         self.config_path = self.folder / "zoogate.yaml"
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
-        self.hub_url = self.admin_url = None
+        self.hub_url = self.admin_url = self.egress_url = None
         super().__init__(name, [zoogate, "serve", "--config", str(self.config_path)], self.folder / "zoogate.out")
 
     def start(self):
@@ -407,6 +408,8 @@ class Zoogate(ServerProcess):
                 self.hub_url = hub.group(1)
             if admin := self.ADMIN_LINE.search(output):
                 self.admin_url = admin.group(1)
+            if egress := self.EGRESS_LINE.search(output):
+                self.egress_url = egress.group(1)
             if time.monotonic() > deadline:
                 raise ProxyBenchError(f"zoogate did not print its listeners' addresses: {read_tail(self.log_path)}")
             time.sleep(0.05)

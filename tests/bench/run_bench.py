@@ -785,6 +785,63 @@ def bench_proxy_concurrent(options):
     return BenchResult(figures, details)
 
 
+def bench_proxy_egress(options):
+    """The egress proxy: an intercepted download (TLS from the client to zoogate, zoogate's own TLS
+    to the origin, the Hub logic in between) against a blind CONNECT tunnel to the same origin, of the
+    same 1 GiB safetensors file. The origin answers as 127.0.0.1 (intercepted) and as localhost
+    (tunnelled): one file, one origin, two rules."""
+    zoogate = require_tool(options.zoogate, "--zoogate")
+    curl = system_tool("curl")
+    folder = options.work / "proxy-egress"
+    tensors = cached_safetensors(options.work, options.checkpoint_mib * MIB)
+    warm_page_cache(tensors)
+    file = proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+    with contextlib.ExitStack() as stack:
+        certificates, origin, _front = start_hub_servers(stack, folder, [file])
+        interception_ca = folder / "interception-ca"
+        shutil.rmtree(interception_ca, ignore_errors=True)
+        subprocess.run([zoogate, "ca", "init", "--dir", str(interception_ca)], check=True, capture_output=True)
+        egress = {"listen": "127.0.0.1:0", "ca_cert": str(interception_ca / "ca.pem"),
+                  "ca_key": str(interception_ca / "ca.key"),
+                  "allow_private_destinations": ["localhost", "127.0.0.1"],
+                  "rules": [{"hosts": ["127.0.0.1"], "ports": [origin.port], "action": "intercept"},
+                            {"hosts": ["localhost"], "ports": [origin.port], "action": "tunnel"}]}
+        gateway = start_zoogate(stack, zoogate, folder / "zoogate", origin, certificates, egress=egress)
+        if gateway.egress_url is None:
+            raise BenchError("zoogate did not print its egress proxy's address")
+        # The client trusts both CAs: zoogate's for the intercepted origin, the origin's for the tunnel.
+        bundle = folder / "client-ca.pem"
+        bundle.write_bytes((interception_ca / "ca.pem").read_bytes() + certificates.ca_pem.read_bytes())
+        urls = {
+            "blind tunnel": f"https://localhost:{origin.port}{file.cdn_path}",
+            "zoogate interception": f"https://127.0.0.1:{origin.port}{file.resolve_path}",
+        }
+        commands = {name: [curl, "--silent", "--show-error", "--fail", "--proxy", gateway.egress_url,
+                           "--cacert", str(bundle), "--output", str(folder / "download"), url]
+                    for name, url in urls.items()}
+        print("  checking the bytes of each path once", flush=True)
+        for name, command in commands.items():
+            subprocess.run(command, check=True)
+            if proxy_bench.file_sha256(folder / "download") != file.sha256:
+                raise BenchError(f"{name}: the downloaded bytes are not the file's")
+        for command in commands.values():
+            command[command.index(str(folder / "download"))] = "/dev/null"
+        measured = measure_interleaved(commands, options.runs, folder / "runs.log")
+        zoogate_rss = gateway.peak_rss_mib()
+
+    throughput = {name: file.size / measurement.wall_seconds / 1e6 for name, measurement in measured.items()}
+    figures = [
+        Figure("blind CONNECT tunnel through zoogate: throughput", throughput["blind tunnel"], "MB/s"),
+        Figure("intercepted download (TLS both ways, Hub logic): throughput", throughput["zoogate interception"],
+               "MB/s", {"blind tunnel": throughput["zoogate interception"] / throughput["blind tunnel"]}),
+        Figure("zoogate: peak RSS (VmHWM)", zoogate_rss, "MiB"),
+    ]
+    details = {"file": {"path": str(tensors), "size": file.size, "sha256": file.sha256}, "urls": urls,
+               "zoogate_config": gateway.config,
+               "measurements": {name: measurement.to_json() for name, measurement in measured.items()}}
+    return BenchResult(figures, details)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Driver
 
@@ -796,6 +853,7 @@ BENCHMARKS = {
     "proxy_pass_through": bench_proxy_pass_through,
     "proxy_cold_pickle": bench_proxy_cold_pickle,
     "proxy_concurrent": bench_proxy_concurrent,
+    "proxy_egress": bench_proxy_egress,
 }
 
 # Names --only accepts for several benchmarks at once.
