@@ -357,12 +357,17 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
 
   // What is already known needs no download. A file nobody has identified yet is fetched by the
   // first request for it; concurrent ones wait for what it finds.
+  const auto give_up_at = std::chrono::steady_clock::now() + config_.pipeline.client_wait;
+  auto time_left = [&] {
+    return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      give_up_at - std::chrono::steady_clock::now()));
+  };
   std::optional<std::string> remembered = co_await remembered_route(file);
   std::optional<IdentificationLease> lease;
   if (!remembered && !pipeline_.running(file, scope)) {
     lease.emplace(*this, file.upstream_id());
     if (!lease->leading()) {
-      std::optional<std::string> found = co_await lease->found().wait(config_.pipeline.client_wait);
+      std::optional<std::string> found = co_await lease->found().wait(time_left());
       lease.reset();
       if (!found) {
         obtained.kind = Obtained::Kind::kPending;
@@ -374,11 +379,6 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   // Across processes sharing the cache folder, one at a time downloads a file that is (or may be) an
   // artifact, under the cache's fetch lock; the others wait for the entry it leaves.
   std::optional<FillLock> fetch_lock;
-  const auto give_up_at = std::chrono::steady_clock::now() + config_.pipeline.client_wait;
-  auto time_left = [&] {
-    return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                      give_up_at - std::chrono::steady_clock::now()));
-  };
   asio::steady_timer pause(co_await asio::this_coro::executor);
   for (;;) {
     if (remembered == kRouteArtifact || pipeline_.running(file, scope)) {
