@@ -150,6 +150,12 @@ class ArtifactPipeline::Job {
   std::string key_name;
   cdr::Policy policy;
   std::shared_ptr<SpoolFile> spool;
+  // Where the spool goes once the disarm has read it: published into the cache's spool (a verified
+  // LFS download, so that other variants need no download), left there (it came from the cache's
+  // spool), or removed (a temporary file).
+  std::unique_ptr<SpoolWriter> spool_writer;
+  bool temporary_spool = false;
+  bool download_verified = false;  // set by the disarm once the whole download checked out
   std::atomic<bool> abandoned{false};  // set when the download is no longer needed
   Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
   std::optional<InFlight> in_progress;  // counts the job in zoogate_artifacts_in_progress
@@ -230,33 +236,37 @@ asio::awaitable<std::optional<ArtifactOutcome>> ArtifactPipeline::wait(const Ups
   co_return co_await job->outcome->wait(wait);
 }
 
-std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start(const UpstreamFile& file, std::string scope,
-                                                                    UpstreamBody body, asio::any_io_executor io_executor,
-                                                                    std::optional<FillLock> fetch_lock) {
+std::shared_ptr<ArtifactPipeline::Job> ArtifactPipeline::register_job(const UpstreamFile& file, std::string scope,
+                                                                       std::optional<FillLock>& fetch_lock,
+                                                                       bool& started) {
   CacheKey key = key_for(file, scope);
   std::string key_name = key.name();
   std::shared_ptr<Job> job = std::make_shared<Job>();
-  {
-    std::lock_guard lock(jobs_mutex_);
-    if (shutting_down_) {
-      job->outcome->set(failed_outcome("zoogate is shutting down", "shutdown"));
-      return job->outcome;
-    }
-    if (auto running = jobs_.find(key_name); running != jobs_.end()) return running->second->outcome;
-    job->file = file;
-    job->scope = std::move(scope);
-    job->key = std::move(key);
-    job->key_name = key_name;
-    job->policy = policies_.policy_for(file.repository);
-    if (fetch_lock) job->fetch_lock.emplace(std::move(*fetch_lock));
-    jobs_.emplace(key_name, job);
+  std::lock_guard lock(jobs_mutex_);
+  started = false;
+  if (shutting_down_) {
+    job->outcome->set(failed_outcome("zoogate is shutting down", "shutdown"));
+    return job;
   }
-  run_job(job, std::move(body), std::move(io_executor));
-  return job->outcome;
+  if (auto running = jobs_.find(key_name); running != jobs_.end()) return running->second;
+  job->file = file;
+  job->scope = std::move(scope);
+  job->key = std::move(key);
+  job->key_name = key_name;
+  job->policy = policies_.policy_for(file.repository);
+  if (fetch_lock) job->fetch_lock.emplace(std::move(*fetch_lock));
+  jobs_.emplace(key_name, job);
+  job->in_progress.emplace(metrics_.artifact_in_progress());
+  started = true;
+  return job;
 }
 
-void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio::any_io_executor io_executor) {
-  job->in_progress.emplace(metrics_.artifact_in_progress());
+std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start(const UpstreamFile& file, std::string scope,
+                                                                    UpstreamBody body, asio::any_io_executor io_executor,
+                                                                    std::optional<FillLock> fetch_lock) {
+  bool started = false;
+  std::shared_ptr<Job> job = register_job(file, std::move(scope), fetch_lock, started);
+  if (!started) return job->outcome;
   if (job->file.size > settings_.max_artifact_size) {
     ArtifactOutcome outcome;
     outcome.state = ArtifactOutcome::State::kBlocked;
@@ -264,16 +274,52 @@ void ArtifactPipeline::run_job(std::shared_ptr<Job> job, UpstreamBody body, asio
                      std::to_string(settings_.max_artifact_size) + ")";
     outcome.reason_code = "limit";
     finish_job(job, std::move(outcome));
-    return;
+    return job->outcome;
   }
-  auto spool = SpoolFile::create(cache_.temporary_path("spool"), job->file.size);
+  // A verified LFS download is kept in the cache's spool (named by its SHA-256, as announced); a file
+  // kept in git, small and named by its git blob id only, in a temporary file.
+  std::string spool_path;
+  if (job->file.lfs_sha256) {
+    auto writer = cache_.begin_spool(to_hex(*job->file.lfs_sha256));
+    if (!writer) {
+      finish_job(job, failed_outcome("cannot spool the download: " + writer.error().describe(), "io"));
+      return job->outcome;
+    }
+    job->spool_writer = std::move(*writer);
+    spool_path = job->spool_writer->path();
+  } else {
+    spool_path = cache_.temporary_path("spool");
+    job->temporary_spool = true;
+  }
+  auto spool = SpoolFile::create(spool_path, job->file.size);
   if (!spool) {
     finish_job(job, failed_outcome("cannot spool the download: " + spool.error().describe(), "io"));
-    return;
+    return job->outcome;
   }
   job->spool = std::move(*spool);
   asio::co_spawn(io_executor, download(job, std::move(body)), asio::detached);
   asio::post(disarm_workers_, [this, job] { finish_job(job, disarm(*job)); });
+  return job->outcome;
+}
+
+std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start_from_spool(const UpstreamFile& file,
+                                                                               std::string scope,
+                                                                               SpooledUpstream spooled,
+                                                                               std::optional<FillLock> fetch_lock) {
+  bool started = false;
+  std::shared_ptr<Job> job = register_job(file, std::move(scope), fetch_lock, started);
+  if (!started) return job->outcome;
+  auto spool = SpoolFile::open_complete(spooled.path, spooled.size);
+  if (!spool || spooled.size != file.size || !file.lfs_sha256) {
+    finish_job(job, failed_outcome("cannot read the kept download: " +
+                                       (spool ? std::string("its size is not the announced one") : spool.error().describe()),
+                                   "io"));
+    return job->outcome;
+  }
+  job->spool = std::move(*spool);
+  job->received_sha256 = *file.lfs_sha256;  // lookup_spool() verified it
+  asio::post(disarm_workers_, [this, job] { finish_job(job, disarm(*job)); });
+  return job->outcome;
 }
 
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
@@ -353,13 +399,12 @@ ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
   if (timed_planner) metrics_.observe_variation_seconds(timed_planner->seconds());
 
   // A broken or forged download decides the outcome whatever the parser made of the bytes it got.
-  if (auto downloaded = job.spool->wait_finished(); !downloaded) {
-    std::filesystem::remove(job.spool->path());
+  const Status downloaded = job.spool->wait_finished();
+  job.download_verified = downloaded.has_value();
+  if (!downloaded) {
     return failed_outcome(downloaded.error().message,
                           downloaded.error().code == ErrorCode::kIntegrity ? "digest_mismatch" : "upstream");
   }
-  std::error_code ignored;
-  std::filesystem::remove(job.spool->path(), ignored);
 
   if (report.verdict == cdr::Verdict::kBlocked) {
     const Error& why = *report.error;
@@ -402,6 +447,18 @@ ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
   return ready_outcome(std::move(*committed));
 }
 
+void ArtifactPipeline::release_spool(Job& job) {
+  if (!job.spool) return;
+  if (job.temporary_spool) {
+    std::error_code ignored;
+    std::filesystem::remove(job.spool->path(), ignored);
+  } else if (job.spool_writer && job.download_verified) {
+    // Keeping the download spares other variants a fetch; failing to keep it costs only that.
+    (void)job.spool_writer->commit(job.received_sha256);
+  }
+  job.spool_writer.reset();  // uncommitted: its staged file goes
+}
+
 void ArtifactPipeline::finish_job(const std::shared_ptr<Job>& job, ArtifactOutcome outcome) {
   if (outcome.state == ArtifactOutcome::State::kFailed && job->spool) {
     job->abandoned = true;
@@ -409,6 +466,8 @@ void ArtifactPipeline::finish_job(const std::shared_ptr<Job>& job, ArtifactOutco
                                          {"reason", outcome.reason}});
   }
   job->outcome->set(std::move(outcome));
+  // Published before the fetch lock goes, so that other processes find the kept download.
+  release_spool(*job);
   {
     std::lock_guard lock(jobs_mutex_);
     jobs_.erase(job->key_name);

@@ -139,6 +139,11 @@ class ArtifactPipeline {
   std::shared_ptr<Completion<ArtifactOutcome>> start(const UpstreamFile& file, std::string scope, UpstreamBody body,
                                                      boost::asio::any_io_executor io_executor,
                                                      std::optional<FillLock> fetch_lock);
+  // Starts the job for the key from an upstream file kept in the cache's spool (another variant's
+  // download): no fetch. Otherwise as start().
+  std::shared_ptr<Completion<ArtifactOutcome>> start_from_spool(const UpstreamFile& file, std::string scope,
+                                                                SpooledUpstream spooled,
+                                                                std::optional<FillLock> fetch_lock);
   // How many jobs are running in this process (a draining server waits for them).
   size_t running_jobs();
   // The outcome of the running job for the key, or nullopt when `wait` passed first (the job goes on
@@ -160,7 +165,13 @@ class ArtifactPipeline {
   class Job;
   // lookup()'s work, on a worker thread.
   std::optional<ArtifactOutcome> stored_outcome(const CacheKey& key);
-  void run_job(std::shared_ptr<Job> job, UpstreamBody body, boost::asio::any_io_executor io_executor);
+  // The running job of the key (`started` false), or a new one registered as running (`started`
+  // true; it takes `fetch_lock`), or when shutting down a job already failed (`started` false).
+  std::shared_ptr<Job> register_job(const UpstreamFile& file, std::string scope, std::optional<FillLock>& fetch_lock,
+                                    bool& started);
+  // When the job ends: publishes a verified download into the cache's spool, or removes a temporary
+  // spool.
+  void release_spool(Job& job);
   boost::asio::awaitable<void> download(std::shared_ptr<Job> job, UpstreamBody body);
   ArtifactOutcome disarm(Job& job);
   void finish_job(const std::shared_ptr<Job>& job, ArtifactOutcome outcome);

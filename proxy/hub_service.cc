@@ -417,6 +417,18 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
     co_return std::move(obtained);
   }
 
+  // An artifact whose upstream file is kept in the cache (another scope's variant was made from it):
+  // this variant is made from there, with no download.
+  if (remembered == kRouteArtifact && file.lfs_sha256) {
+    auto kept = co_await run_on_workers(file_workers_, &ArtifactCache::lookup_spool, &cache_, to_hex(*file.lfs_sha256));
+    if (kept && *kept) {
+      auto job_outcome = pipeline_.start_from_spool(file, scope, std::move(**kept), std::move(fetch_lock));
+      obtained.outcome = co_await job_outcome->wait(time_left());
+      obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
+      co_return std::move(obtained);
+    }
+  }
+
   // The bytes: from the Hub's own answer, or behind redirects to hosts the configuration allows.
   std::unique_ptr<UpstreamResponse> body;
   std::optional<Url> next = obtained.start.location;

@@ -39,6 +39,15 @@ Result<std::shared_ptr<SpoolFile>> SpoolFile::create(const std::string& path, ui
   return std::shared_ptr<SpoolFile>(new SpoolFile(fd, path, expected_size));
 }
 
+Result<std::shared_ptr<SpoolFile>> SpoolFile::open_complete(const std::string& path, uint64_t size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(ErrorCode::kIo, "cannot open " + path + ": " + std::strerror(errno));
+  std::shared_ptr<SpoolFile> spool(new SpoolFile(fd, path, size));
+  spool->written_ = size;
+  spool->finished_ = true;
+  return spool;
+}
+
 SpoolFile::~SpoolFile() { ::close(fd_); }
 
 Status SpoolFile::append(std::span<const uint8_t> bytes) {

@@ -24,6 +24,8 @@ class SpoolFile : public std::enable_shared_from_this<SpoolFile> {
  public:
   // Creates (truncates) `path`, mode 0600, for a download of exactly `expected_size` bytes.
   static Result<std::shared_ptr<SpoolFile>> create(const std::string& path, uint64_t expected_size);
+  // A spool whose download ended earlier: the file at `path` with its `size` bytes, finished.
+  static Result<std::shared_ptr<SpoolFile>> open_complete(const std::string& path, uint64_t size);
   ~SpoolFile();
   SpoolFile(const SpoolFile&) = delete;
   SpoolFile& operator=(const SpoolFile&) = delete;

@@ -189,6 +189,23 @@ class Downloads(unittest.TestCase):
         self.assertEqual(response.status_code, 200)
         self.assertEqual(response.content, self.world.safetensors)
 
+    def test_each_address_gets_its_variant_from_one_download(self):
+        """Two client addresses (two MTD scopes) get two layout variants of one checkpoint: the second
+        is made from the download kept for the first, not from a new one."""
+        url = self.world.url(MODEL, "pytorch_model.bin")
+        disarms = self.world.zoogate.metric_sum("zoogate_disarm_duration_seconds_count")
+        status_a, headers_a, body_a = curl("--interface", "127.0.0.3", url)
+        fetches_after_a = self.world.hub.fetch_count(MODEL, "pytorch_model.bin")
+        status_b, headers_b, body_b = curl("--interface", "127.0.0.4", url)
+        self.assertEqual((status_a, status_b), (200, 200))
+        self.assertEqual(self.world.hub.fetch_count(MODEL, "pytorch_model.bin"), fetches_after_a)
+        self.assertEqual(self.world.zoogate.metric_sum("zoogate_disarm_duration_seconds_count"), disarms + 2)
+        self.assertNotEqual(body_a, body_b)
+        self.assertNotEqual(headers_a["etag"], headers_b["etag"])
+        self.assertEqual(headers_a["x-zoogate-upstream-sha256"], headers_b["x-zoogate-upstream-sha256"])
+        for body in (body_a, body_b):
+            self.assertEqual(load_weights_only(body), flatten(self.world.weights))
+
     def test_concurrent_cold_requests_fetch_and_disarm_once(self):
         path = "small.pt"
         url = self.world.url(MODEL, path)
