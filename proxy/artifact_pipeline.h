@@ -10,11 +10,14 @@
 // a broken download or a lying length nothing is cached and every waiting client gets a 502.
 //
 // Jobs are keyed by the cache key (upstream file, policy version, variant). Within a process a map of
-// running jobs joins concurrent requests; across processes sharing the cache folder the cache's fill
-// lock does, and the second process finds the first one's entry.
+// running jobs joins concurrent requests; across processes sharing the cache folder the fetch lock
+// the caller takes (and the job holds) and the cache's fill lock do, and the second process finds the
+// first one's entry. A verified LFS download is kept in the cache's spool: the variants of other
+// scopes are made from it (start_from_spool) without another download.
 //
-// Thread safety: every public method may be called from any thread. Blocking work runs on the worker
-// pool given at construction; the coroutines never block an I/O thread.
+// Thread safety: every public method may be called from any thread. Disarms run on the disarm pool,
+// cache lookups on the file pool, both given at construction; the coroutines never block an I/O
+// thread.
 #pragma once
 
 #include <chrono>
@@ -132,10 +135,10 @@ class ArtifactPipeline {
   bool running(const UpstreamFile& file, std::string_view scope);
 
   // Starts the job for the key with `body`, unless one is running (then `body` is dropped) or the
-  // pipeline is shutting down, and returns where the job's outcome arrives (a finished job leaves
-  // jobs that failed nowhere else). The download runs on `io_executor`, the disarm on the worker
-  // pool. The job holds `fetch_lock` (the cache's fetch lock of the file, when the caller took it)
-  // until it ends.
+  // pipeline is shutting down, and returns where the job's outcome arrives: the caller waits there,
+  // because a failed job leaves its outcome nowhere else. The download runs on `io_executor`, the
+  // disarm on the disarm pool. The job holds `fetch_lock` (the cache's fetch lock of the file, when
+  // the caller took it) until it ends.
   std::shared_ptr<Completion<ArtifactOutcome>> start(const UpstreamFile& file, std::string scope, UpstreamBody body,
                                                      boost::asio::any_io_executor io_executor,
                                                      std::optional<FillLock> fetch_lock);
