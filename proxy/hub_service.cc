@@ -423,6 +423,7 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
     auto kept = co_await run_on_workers(file_workers_, &ArtifactCache::lookup_spool, &cache_, to_hex(*file.lfs_sha256));
     if (kept && *kept) {
       auto job_outcome = pipeline_.start_from_spool(file, scope, std::move(**kept), std::move(fetch_lock));
+      if (lease) lease->finish(std::string(kRouteArtifact));
       obtained.outcome = co_await job_outcome->wait(time_left());
       obtained.kind = obtained.outcome ? Obtained::Kind::kArtifact : Obtained::Kind::kPending;
       co_return std::move(obtained);
