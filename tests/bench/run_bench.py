@@ -607,13 +607,19 @@ def artifact_facts(result):
             "upstream_sha256": headers.get("x-zoogate-upstream-sha256")}
 
 
+def bench_safetensors_file(options):
+    """The pass-through benchmarks' file: generated safetensors of --checkpoint-mib, warm in the page
+    cache, as the Hub file model.safetensors."""
+    tensors = cached_safetensors(options.work, options.checkpoint_mib * MIB)
+    warm_page_cache(tensors)
+    return proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+
+
 def bench_proxy_pass_through(options):
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
     folder = options.work / "proxy-pass-through"
-    tensors = cached_safetensors(options.work, options.checkpoint_mib * MIB)
-    warm_page_cache(tensors)
-    file = proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+    file = bench_safetensors_file(options)
     with contextlib.ExitStack() as stack:
         certificates, origin, front = start_hub_servers(stack, folder, [file])
         gateway = start_zoogate(stack, zoogate, folder / "zoogate", origin, certificates)
@@ -643,7 +649,7 @@ def bench_proxy_pass_through(options):
         Figure("zoogate: peak RSS (VmHWM)", zoogate_rss, "MiB", {"nginx workers": zoogate_rss / nginx_rss}),
     ]
     details = {
-        "file": {"path": str(tensors), "size": file.size, "sha256": file.sha256},
+        "file": {"path": str(file.path), "size": file.size, "sha256": file.sha256},
         "urls": {name: url for name, (url, _) in paths.items()},
         "zoogate_config": gateway.config, "zoogate_metrics": str(metrics_path),
         "nginx_workers_peak_rss_mib": nginx_rss,
@@ -793,9 +799,7 @@ def bench_proxy_egress(options):
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
     folder = options.work / "proxy-egress"
-    tensors = cached_safetensors(options.work, options.checkpoint_mib * MIB)
-    warm_page_cache(tensors)
-    file = proxy_bench.HubFile(BENCH_REPO, "model.safetensors", tensors)
+    file = bench_safetensors_file(options)
     with contextlib.ExitStack() as stack:
         certificates, origin, _front = start_hub_servers(stack, folder, [file])
         interception_ca = folder / "interception-ca"
@@ -836,7 +840,7 @@ def bench_proxy_egress(options):
                "MB/s", {"blind tunnel": throughput["zoogate interception"] / throughput["blind tunnel"]}),
         Figure("zoogate: peak RSS (VmHWM)", zoogate_rss, "MiB"),
     ]
-    details = {"file": {"path": str(tensors), "size": file.size, "sha256": file.sha256}, "urls": urls,
+    details = {"file": {"path": str(file.path), "size": file.size, "sha256": file.sha256}, "urls": urls,
                "zoogate_config": gateway.config,
                "measurements": {name: measurement.to_json() for name, measurement in measured.items()}}
     return BenchResult(figures, details)

@@ -52,16 +52,22 @@ def node_client(world, *args, token=None):
     return subprocess.run(command, capture_output=True, timeout=300, cwd=HERE)
 
 
-class Downloads(unittest.TestCase):
-    """curl and python3-requests download files; what they get is checked byte by byte."""
+class WorldTest(unittest.TestCase):
+    """One ProxyWorld per test class, configured by `zoogate_config`."""
+
+    zoogate_config = None
 
     @classmethod
     def setUpClass(cls):
-        cls.world = ProxyWorld()
+        cls.world = ProxyWorld(zoogate_config=cls.zoogate_config)
 
     @classmethod
     def tearDownClass(cls):
         cls.world.close()
+
+
+class Downloads(WorldTest):
+    """curl and python3-requests download files; what they get is checked byte by byte."""
 
     def test_safetensors_arrive_byte_identical(self):
         status, headers, body = curl(self.world.url(MODEL, "model.safetensors"))
@@ -229,16 +235,8 @@ class Downloads(unittest.TestCase):
         self.assertEqual(len(zoogate.events("listening")), 1)
 
 
-class Listings(unittest.TestCase):
+class Listings(WorldTest):
     """The API JSON describes the bytes zoogate serves, and never mentions Xet."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.world = ProxyWorld()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.world.close()
 
     def walk_tree(self):
         url = f"{self.world.zoogate.hub_url}/api/models/{MODEL}/tree/main?recursive=true&expand=true"
@@ -281,16 +279,8 @@ class Listings(unittest.TestCase):
         self.assertEqual(siblings["pytorch_model.bin"]["size"], len(body))
 
 
-class HubClientJs(unittest.TestCase):
+class HubClientJs(WorldTest):
     """@huggingface/hub with hubUrl pointed at zoogate: downloadFile and snapshotDownload."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.world = ProxyWorld()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.world.close()
 
     def test_download_file(self):
         with tempfile.TemporaryDirectory() as folder:
@@ -328,16 +318,10 @@ class HubClientJs(unittest.TestCase):
         self.assertFalse(self.world.payload_ran())
 
 
-class Faults(unittest.TestCase):
+class Faults(WorldTest):
     """Upstream misbehaviour: the client gets an error, and nothing partial is cached or served."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.world = ProxyWorld(zoogate_config={"pipeline": {"client_wait": "2s", "retry_after": "1s"}})
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.world.close()
+    zoogate_config = {"pipeline": {"client_wait": "2s", "retry_after": "1s"}}
 
     def tearDown(self):
         self.world.hub.clear_faults()
