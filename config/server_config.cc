@@ -34,8 +34,8 @@ constexpr std::array<std::string_view, 8> kUpstreamKeys = {
     "hub_url", "redirect_hosts", "ca_bundle", "connect_timeout", "read_timeout", "retries",
     "max_idle_connections", "max_redirects"};
 constexpr std::array<std::string_view, 2> kCacheKeys = {"dir", "max_size"};
-constexpr std::array<std::string_view, 4> kPipelineKeys = {"client_wait", "retry_after", "max_artifact_size",
-                                                           "buffer_before_send"};
+constexpr std::array<std::string_view, 5> kPipelineKeys = {"client_wait", "retry_after", "max_artifact_size",
+                                                           "buffer_before_send", "stream_piece_size"};
 constexpr std::array<std::string_view, 5> kMtdKeys = {"layout_variation", "secret_file", "epoch",
                                                       "permute_weights", "signing_key_file"};
 constexpr std::array<std::string_view, 4> kLimitsKeys = {"max_request_header_bytes", "max_api_json_bytes",
@@ -324,6 +324,7 @@ constexpr DurationRange kClientWait{0ms, 1h};
 constexpr DurationRange kRetryAfter{1s, 1h};  // Retry-After is sent in whole seconds
 constexpr ByteRange kMaxArtifactSize{kKiB, kMaxStorageBytes};
 constexpr ByteRange kBufferBeforeSend{0, kGiB};
+constexpr ByteRange kStreamPieceSize{16 * kKiB, 16 * kMiB};
 constexpr CountRange kEpoch{0, std::numeric_limits<uint64_t>::max()};
 constexpr ByteRange kMaxRequestHeaderBytes{kKiB, kMiB};
 constexpr ByteRange kMaxApiJsonBytes{kKiB, kGiB};
@@ -370,6 +371,7 @@ Status read_pipeline(const YamlMapping& section, PipelineConfig& pipeline) {
   ZG_TRY(read_key(section, "retry_after", pipeline.retry_after, kRetryAfter));
   ZG_TRY(read_key(section, "max_artifact_size", pipeline.max_artifact_size, kMaxArtifactSize));
   ZG_TRY(read_key(section, "buffer_before_send", pipeline.buffer_before_send, kBufferBeforeSend));
+  ZG_TRY(read_key(section, "stream_piece_size", pipeline.stream_piece_size, kStreamPieceSize));
   return {};
 }
 
@@ -696,6 +698,7 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   out.line(2, "retry_after", duration(pipeline.retry_after), kRetryAfter.text());
   out.line(2, "max_artifact_size", bytes(pipeline.max_artifact_size), kMaxArtifactSize.text());
   out.line(2, "buffer_before_send", bytes(pipeline.buffer_before_send), kBufferBeforeSend.text());
+  out.line(2, "stream_piece_size", bytes(pipeline.stream_piece_size), kStreamPieceSize.text());
 
   const MtdConfig& mtd = config.mtd;
   out.line(0, "mtd", "");

@@ -71,6 +71,8 @@ struct PipelineConfig {
   uint64_t max_artifact_size = 64ull << 30;
   // Pass-through files up to this size are verified before the first byte is sent.
   uint64_t buffer_before_send = 8ull << 20;
+  // Larger ones stream in pieces of this size; three are in memory per download.
+  uint64_t stream_piece_size = 512ull << 10;
   bool operator==(const PipelineConfig&) const = default;
 };
 

@@ -334,7 +334,7 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
   std::vector<uint8_t> chunk(kDownloadChunkBytes);
   for (;;) {
     if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
-    auto got = co_await body.response->read_some(chunk);
+    auto got = co_await body.response->read(chunk);
     if (!got) co_return spool.finish(tl::unexpected(got.error()));
     if (*got == 0) break;
     if (auto appended = take(std::span(chunk.data(), *got)); !appended) {

@@ -36,9 +36,6 @@ namespace {
 // The answer of an upstream error or redirect that zoogate passes on is small; anything larger is
 // cut off rather than held.
 constexpr uint64_t kMaxRelayedBodyBytes = 1 << 20;
-// Piece size when passing a file through: a download holds three (one being sent, one held back for
-// the digest check, one being read), whatever the file's size and the client's speed.
-constexpr size_t kStreamChunkBytes = 128 * 1024;
 // Names of the kinds of files remembered by upstream identity.
 constexpr std::string_view kRouteArtifact = "artifact";
 constexpr std::string_view kRoutePass = "pass";
@@ -478,14 +475,9 @@ asio::awaitable<HubService::Obtained> HubService::obtain(const ResolveRoute& rou
   // Identify the content by its first bytes.
   const uint64_t window = std::min<uint64_t>(cdr::kDetectionWindow, file.size);
   std::vector<uint8_t> first_bytes(window);
-  size_t have = 0;
-  while (have < window) {
-    auto got = co_await body->read_some(std::span(first_bytes).subspan(have));
-    if (!got) co_return error(502, "ZoogateUpstreamError", "the upstream failed: " + got.error().describe());
-    if (*got == 0) break;
-    have += *got;
-  }
-  if (have < window) co_return error(502, "ZoogateUpstreamError", "the upstream body ended early");
+  auto got = co_await body->read(first_bytes);
+  if (!got) co_return error(502, "ZoogateUpstreamError", "the upstream failed: " + got.error().describe());
+  if (*got < window) co_return error(502, "ZoogateUpstreamError", "the upstream body ended early");
   PrefixSource prefix(first_bytes, file.size);
   auto detection = cdr::identify_content(prefix);
   const cdr::ContentKind kind = detection ? detection->kind : cdr::ContentKind::kUnknown;
@@ -658,6 +650,9 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
 
   std::vector<uint8_t> first_bytes = std::move(obtained.first_bytes);
   UpstreamResponse& body = *obtained.body;
+  // A download holds three pieces (one being sent, one being hashed and held back for the digest
+  // check, one being read), whatever the file's size and the client's speed.
+  const size_t piece_size = static_cast<size_t>(config_.pipeline.stream_piece_size);
   // A safetensors file must show a valid header before any of it is passed on.
   PrefixSource probe(first_bytes, file.size);
   if (auto detection = cdr::identify_content(probe); detection && detection->kind == cdr::ContentKind::kSafetensors) {
@@ -665,14 +660,13 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     uint64_t header_size = 0;
     for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | first_bytes[static_cast<size_t>(i)];
     const uint64_t needed = 8 + std::min(header_size, policy.limits.max_safetensors_header_size);
-    while (first_bytes.size() < needed) {
+    if (first_bytes.size() < needed) {
       const size_t before = first_bytes.size();
-      first_bytes.resize(std::min<uint64_t>(needed, before + kStreamChunkBytes));
-      auto got = co_await body.read_some(std::span(first_bytes).subspan(before));
-      if (!got || *got == 0) {
+      first_bytes.resize(needed);
+      auto got = co_await body.read(std::span(first_bytes).subspan(before));
+      if (!got || *got < needed - before) {
         co_return (void)co_await exchange.send_error(502, "ZoogateUpstreamError", "the upstream body ended early");
       }
-      first_bytes.resize(before + *got);
     }
     cdr::SafetensorsLimits limits;
     limits.max_header_size = policy.limits.max_safetensors_header_size;
@@ -708,16 +702,16 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     exchange.error_message = "the upstream failed mid-body: " + error.message;
     exchange.abort();
   };
-  verifier.update(first_bytes);
   std::vector<uint8_t> held = std::move(first_bytes);  // the newest bytes: not sent before they are verified
   uint64_t position = 0;                                // file offset of the first byte not sent yet
   bool header_sent = false;
-  std::vector<uint8_t> chunk(kStreamChunkBytes);
+  std::vector<uint8_t> chunk(piece_size);
 
   if (file.size <= config_.pipeline.buffer_before_send) {
     // Small files are checked whole before the answer starts, so a bad one gets a clear 502.
+    verifier.update(held);
     for (;;) {
-      auto got = co_await body.read_some(chunk);
+      auto got = co_await body.read(chunk);
       if (!got) co_return co_await upstream_failed(got.error(), header_sent);
       if (*got == 0) break;
       verifier.update(std::span(chunk.data(), *got));
@@ -729,31 +723,28 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
   } else {
     // Larger ones stream with the newest piece held back until the next one arrives, and the last
     // until the digest matches: on a mismatch the connection closes short, which every client treats
-    // as a failed download. Sending a piece overlaps reading the next one, so three pieces at most
-    // are in memory.
+    // as a failed download. Three pieces move at once: the oldest goes to the client, the newest is
+    // hashed on a worker thread (hashing costs about as much as the TLS and the sending together),
+    // and the next one is read. Three pieces at most are in memory.
     using namespace asio::experimental::awaitable_operators;
-    std::vector<uint8_t> sending;  // the piece before `held`: known not to be the last
+    std::vector<uint8_t> sending;  // the piece before `held`: hashed, and known not to be the last
     for (;;) {
-      bool sent = true;
-      Result<size_t> got = size_t{0};
-      if (sending.empty()) {
-        got = co_await body.read_some(chunk);
-      } else {
-        if (!header_sent) {
-          if (!co_await exchange.send_header(header)) co_return;
-          header_sent = true;
-        }
-        std::tie(sent, got) = co_await (send_window(sending, position) && body.read_some(chunk));
-        if (!sent) co_return;
-        position += sending.size();
+      if (!sending.empty() && !header_sent) {
+        if (!co_await exchange.send_header(header)) co_return;
+        header_sent = true;
       }
+      auto [sent, got] = co_await (send_window(sending, position) &&
+                                   run_on_workers(file_workers_, &ContentVerifier::update, &verifier,
+                                                  std::span<const uint8_t>(held)) &&
+                                   body.read(chunk));
+      if (!sent) co_return;
+      position += sending.size();
       if (!got) co_return co_await upstream_failed(got.error(), header_sent);
-      if (*got == 0) break;
-      verifier.update(std::span(chunk.data(), *got));
+      if (*got == 0) break;  // `held` is the last piece, and hashed
       chunk.resize(*got);
       std::swap(sending, held);  // the piece held back is not the last: it goes out next
       std::swap(held, chunk);    // the new piece is held back in its place
-      chunk.resize(kStreamChunkBytes);
+      chunk.resize(piece_size);
     }
   }
   if (auto verified = verifier.finish(); !verified) {

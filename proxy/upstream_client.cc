@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <sstream>
+#include <tuple>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -10,10 +12,16 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/write.hpp>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
+
+#include "common/openssl_error.h"
 
 
 namespace zoogate::proxy {
@@ -26,6 +34,11 @@ using asio::ip::tcp;
 namespace {
 
 constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
+using Deadline = std::chrono::steady_clock::time_point;
+// OpenSSL's read-ahead buffer per connection: up to this many bytes of records per system call.
+constexpr size_t kTlsReadAheadBytes = 128 * 1024;
+// Decrypted bytes read at once while a header or a chunked body is parsed.
+constexpr size_t kParseReadBytes = 64 * 1024;
 // Response headers larger than this are not a Hub's; refusing them bounds memory per exchange.
 constexpr uint32_t kMaxResponseHeaderBytes = 64 * 1024;
 
@@ -123,15 +136,214 @@ std::string Url::origin() const { return "https://" + host_header(); }
 // ---------------------------------------------------------------------------------------------------
 // Connections
 
-class UpstreamConnection {
+// One TLS connection: OpenSSL on the socket's descriptor (non-blocking), driven by readiness waits.
+//
+// Every wait for the peer has a deadline, watched by one timer per connection. Moving the deadline
+// later, which each step of progress does, costs no system call: the timer wakes at the old deadline,
+// finds the new one and sleeps again. A deadline that passes shuts the socket down, which ends the
+// pending wait; the waiter then reports a timeout.
+//
+// Thread safety: one coroutine at a time uses a connection (the pool and UpstreamResponse hand it
+// over). The watchdog runs on any thread of the io_context; it shares only `watch_mutex_`'s fields and
+// the descriptor, which stays open while the watchdog holds the connection.
+class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnection> {
  public:
-  UpstreamConnection(asio::any_io_executor executor, asio::ssl::context& tls, std::string origin_name)
-      : stream(executor, tls), origin(std::move(origin_name)) {}
+  // Null when OpenSSL cannot make a TLS session from `context`.
+  static std::shared_ptr<UpstreamConnection> create(asio::any_io_executor executor, SSL_CTX* context,
+                                                    std::string origin);
+  UpstreamConnection(asio::any_io_executor executor, SSL* ssl, std::string origin_name)
+      : origin(std::move(origin_name)), socket_(executor), ssl_(ssl, &SSL_free), watchdog_(executor) {}
+  UpstreamConnection(const UpstreamConnection&) = delete;
+  UpstreamConnection& operator=(const UpstreamConnection&) = delete;
 
-  beast::ssl_stream<beast::tcp_stream> stream;
-  beast::flat_buffer buffer;  // bytes read past one response stay here for the next
-  std::string origin;
+  // Takes the connected socket and runs the client handshake, done by `deadline`.
+  // Verification is set up by the caller through native_handle() before this.
+  asio::awaitable<boost::system::error_code> handshake(tcp::socket socket, Deadline deadline);
+  SSL* native_handle() { return ssl_.get(); }
+
+  // Reads what has arrived, up to out.size() bytes, waiting (at most `timeout`) only when nothing has;
+  // eof at the peer's end. A failure after some bytes is reported by the next call, those bytes first.
+  asio::awaitable<std::tuple<boost::system::error_code, size_t>> read_some(std::span<uint8_t> out,
+                                                                          std::chrono::milliseconds timeout);
+  // Writes all of `bytes`, each wait for the peer at most `timeout`.
+  asio::awaitable<boost::system::error_code> write_all(std::span<const uint8_t> bytes,
+                                                       std::chrono::milliseconds timeout);
+  // No wait of this connection is running (it lies in the pool): the watchdog sleeps.
+  void stop_watching();
+
+  const std::string origin;
+  beast::flat_buffer received;  // decrypted bytes not parsed yet; bytes past one response stay for the next
+
+ private:
+  enum class Step { kDone, kWaitRead, kWaitWrite, kFailed };
+  // Classifies the result `outcome` of an OpenSSL call; on kFailed, `error` says why.
+  Step next_step(int outcome, boost::system::error_code& error);
+  asio::awaitable<boost::system::error_code> wait(Step step, Deadline deadline);
+  void watch_deadline(Deadline deadline);
+  void arm_watchdog(Deadline at);  // watch_mutex_ held
+  void on_watchdog();
+
+  tcp::socket socket_;
+  // Destroyed before the socket; SSL_free leaves the descriptor open, the socket closes it.
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl_;
+  boost::system::error_code deferred_error_;  // a read failure behind bytes already returned
+
+  std::mutex watch_mutex_;
+  asio::steady_timer watchdog_;
+  Deadline deadline_ = Deadline::max();        // of the wait running now; max() when none is
+  Deadline watchdog_wakes_ = Deadline::max();  // when the timer is set to wake; max() when it is not
+  bool timed_out_ = false;
 };
+
+std::shared_ptr<UpstreamConnection> UpstreamConnection::create(asio::any_io_executor executor, SSL_CTX* context,
+                                                               std::string origin) {
+  SSL* ssl = SSL_new(context);
+  if (!ssl) return nullptr;
+  // Read-ahead lets one system call take every record the kernel holds, up to the buffer's size.
+  SSL_set_read_ahead(ssl, 1);
+  SSL_set_default_read_buffer_len(ssl, kTlsReadAheadBytes);
+  // Idle pooled connections give their buffers back; a retried write may come from another address.
+  SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  return std::make_shared<UpstreamConnection>(std::move(executor), ssl, std::move(origin));
+}
+
+void UpstreamConnection::arm_watchdog(Deadline at) {
+  watchdog_wakes_ = at;
+  watchdog_.expires_at(at);  // cancels a pending wait, whose handler then does nothing
+  watchdog_.async_wait([weak = weak_from_this()](const boost::system::error_code& error) {
+    if (error) return;  // re-armed, or the connection is gone
+    if (auto self = weak.lock()) self->on_watchdog();
+  });
+}
+
+void UpstreamConnection::on_watchdog() {
+  std::lock_guard lock(watch_mutex_);
+  watchdog_wakes_ = Deadline::max();
+  if (deadline_ == Deadline::max()) return;  // idle: sleep until a wait starts
+  if (std::chrono::steady_clock::now() < deadline_) return arm_watchdog(deadline_);
+  timed_out_ = true;
+  // shutdown(), not close(): the descriptor stays valid for the coroutine that owns the connection,
+  // and its pending wait ends at once.
+  ::shutdown(socket_.native_handle(), SHUT_RDWR);
+}
+
+void UpstreamConnection::watch_deadline(Deadline deadline) {
+  std::lock_guard lock(watch_mutex_);
+  deadline_ = deadline;
+  if (deadline_ < watchdog_wakes_) arm_watchdog(deadline_);
+}
+
+void UpstreamConnection::stop_watching() {
+  std::lock_guard lock(watch_mutex_);
+  deadline_ = Deadline::max();
+}
+
+UpstreamConnection::Step UpstreamConnection::next_step(int outcome, boost::system::error_code& error) {
+  if (outcome == 1) return Step::kDone;
+  switch (SSL_get_error(ssl_.get(), outcome)) {
+    case SSL_ERROR_WANT_READ:
+      return Step::kWaitRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Step::kWaitWrite;
+    case SSL_ERROR_ZERO_RETURN:
+      error = asio::error::eof;
+      return Step::kFailed;
+    case SSL_ERROR_SYSCALL:
+      // errno 0: the peer closed without a TLS close_notify, which can truncate a body unnoticed.
+      error = errno != 0 ? boost::system::error_code(errno, boost::system::system_category())
+                         : boost::system::error_code(asio::ssl::error::stream_truncated);
+      if (ERR_peek_error() != 0) error = boost::system::error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
+      return Step::kFailed;
+    default: {
+      const unsigned long reason = ERR_get_error();
+      error = boost::system::error_code(reason != 0 ? static_cast<int>(reason) : SSL_R_UNEXPECTED_MESSAGE,
+                                        asio::error::get_ssl_category());
+      return Step::kFailed;
+    }
+  }
+}
+
+asio::awaitable<boost::system::error_code> UpstreamConnection::wait(Step step, Deadline deadline) {
+  watch_deadline(deadline);
+  boost::system::error_code error;
+  if (step == Step::kWaitRead) {
+    // A one-byte peek rather than async_wait: Asio tries a receive when the operation starts, so bytes
+    // that arrived after OpenSSL's last attempt are seen now. async_wait would wait for the next
+    // readiness event, and after a body's last bytes there is none.
+    uint8_t peeked = 0;
+    std::tie(error, std::ignore) =
+        co_await socket_.async_receive(asio::buffer(&peeked, 1), tcp::socket::message_peek, kAsTuple);
+    if (error == asio::error::eof) error = {};  // readable: OpenSSL reads the end itself
+  } else {
+    // Writes wait only while the kernel's send buffer is full, which a request seldom fills.
+    std::tie(error) = co_await socket_.async_wait(tcp::socket::wait_write, kAsTuple);
+  }
+  std::lock_guard lock(watch_mutex_);
+  if (timed_out_) co_return beast::error::timeout;
+  co_return error;
+}
+
+asio::awaitable<boost::system::error_code> UpstreamConnection::handshake(tcp::socket socket, Deadline deadline) {
+  socket_ = std::move(socket);
+  boost::system::error_code error;
+  socket_.non_blocking(true, error);
+  if (error) co_return error;
+  if (SSL_set_fd(ssl_.get(), socket_.native_handle()) != 1) co_return asio::error::bad_descriptor;
+  for (;;) {
+    ERR_clear_error();
+    const Step step = next_step(SSL_connect(ssl_.get()), error);
+    if (step == Step::kDone) break;
+    if (step == Step::kFailed) co_return error;
+    if (auto waited = co_await wait(step, deadline)) co_return waited;
+  }
+  stop_watching();
+  co_return boost::system::error_code{};
+}
+
+asio::awaitable<std::tuple<boost::system::error_code, size_t>> UpstreamConnection::read_some(
+    std::span<uint8_t> out, std::chrono::milliseconds timeout) {
+  if (deferred_error_) co_return std::tuple(std::exchange(deferred_error_, {}), size_t{0});
+  size_t total = 0;
+  while (total < out.size()) {
+    ERR_clear_error();
+    size_t got = 0;
+    boost::system::error_code error;
+    const Step step = next_step(SSL_read_ex(ssl_.get(), out.data() + total, out.size() - total, &got), error);
+    if (step == Step::kDone) {
+      total += got;
+      continue;  // the next record may be in the read-ahead buffer or the kernel's already
+    }
+    if (step == Step::kFailed) {
+      if (total == 0) co_return std::tuple(error, size_t{0});
+      deferred_error_ = error;
+      break;
+    }
+    if (total > 0) break;  // return what has arrived rather than wait for more
+    if (auto waited = co_await wait(step, Deadline::clock::now() + timeout)) co_return std::tuple(waited, size_t{0});
+  }
+  stop_watching();
+  co_return std::tuple(boost::system::error_code{}, total);
+}
+
+asio::awaitable<boost::system::error_code> UpstreamConnection::write_all(std::span<const uint8_t> bytes,
+                                                                         std::chrono::milliseconds timeout) {
+  size_t written = 0;
+  while (written < bytes.size()) {
+    ERR_clear_error();
+    size_t sent = 0;
+    boost::system::error_code error;
+    const Step step = next_step(SSL_write_ex(ssl_.get(), bytes.data() + written, bytes.size() - written, &sent), error);
+    if (step == Step::kDone) {
+      written += sent;
+    } else if (step == Step::kFailed) {
+      co_return error;
+    } else if (auto waited = co_await wait(step, Deadline::clock::now() + timeout)) {
+      co_return waited;
+    }
+  }
+  stop_watching();
+  co_return boost::system::error_code{};
+}
 
 UpstreamClient::UpstreamClient(asio::io_context& io, const UpstreamSettings& settings, Metrics* metrics)
     : io_(io), settings_(settings), metrics_(metrics), tls_(asio::ssl::context::tls_client) {}
@@ -152,7 +364,7 @@ Result<std::shared_ptr<UpstreamClient>> UpstreamClient::create(asio::io_context&
   return client;
 }
 
-std::unique_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string& origin) {
+std::shared_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string& origin) {
   std::lock_guard lock(pool_mutex_);
   auto found = idle_.find(origin);
   if (found == idle_.end() || found->second.empty()) return nullptr;
@@ -161,7 +373,8 @@ std::unique_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string&
   return connection;
 }
 
-void UpstreamClient::return_idle(std::unique_ptr<UpstreamConnection> connection) {
+void UpstreamClient::return_idle(std::shared_ptr<UpstreamConnection> connection) {
+  connection->stop_watching();
   std::lock_guard lock(pool_mutex_);
   auto& idle = idle_[connection->origin];
   if (idle.size() >= settings_.max_idle_connections) idle.pop_front();  // the oldest is most likely stale
@@ -189,8 +402,12 @@ asio::awaitable<ResolvedDestination> resolve_destination(asio::any_io_executor e
   co_return destination;
 }
 
-asio::awaitable<Result<std::unique_ptr<UpstreamConnection>>> UpstreamClient::connect(const Url& url) {
-  auto connection = std::make_unique<UpstreamConnection>(io_.get_executor(), tls_, url.origin());
+asio::awaitable<Result<std::shared_ptr<UpstreamConnection>>> UpstreamClient::connect(const Url& url) {
+  const Deadline deadline = Deadline::clock::now() + settings_.connect_timeout;
+  auto connection = UpstreamConnection::create(io_.get_executor(), tls_.native_handle(), url.origin());
+  if (!connection) {
+    co_return fail(ErrorCode::kIo, "cannot set up TLS for " + url.origin() + ": " + openssl_reason());
+  }
   const ResolvedDestination destination =
       co_await resolve_destination(io_.get_executor(), url.host, url.port, settings_.destination_check.get());
   if (destination.resolve_error) {
@@ -200,9 +417,10 @@ asio::awaitable<Result<std::unique_ptr<UpstreamConnection>>> UpstreamClient::con
     co_return fail(ErrorCode::kForbidden, "refused to connect to " + url.origin() + ": " + destination.refusal);
   }
 
-  beast::tcp_stream& tcp_layer = connection->stream.next_layer();
-  tcp_layer.expires_after(settings_.connect_timeout);
-  auto [connect_error, endpoint] = co_await tcp_layer.async_connect(destination.allowed, kAsTuple);
+  // Beast's stream tries each address in turn within the deadline; then the socket is handed over.
+  beast::tcp_stream connecting(io_.get_executor());
+  connecting.expires_at(deadline);
+  auto [connect_error, endpoint] = co_await connecting.async_connect(destination.allowed, kAsTuple);
   if (connect_error) co_return tl::unexpected(upstream_error("cannot connect to", url, connect_error));
   if (settings_.destination_check) {
     DestinationVerdict verdict = settings_.destination_check->check(url.host, endpoint.address());
@@ -210,18 +428,17 @@ asio::awaitable<Result<std::unique_ptr<UpstreamConnection>>> UpstreamClient::con
       co_return fail(ErrorCode::kForbidden, "refused to connect to " + url.origin() + ": " + verdict.reason);
     }
   }
-  tcp_layer.socket().set_option(tcp::no_delay(true));
+  connecting.socket().set_option(tcp::no_delay(true));
 
   // The name the certificate must carry: a DNS name (also sent as SNI) or an IP address.
-  SSL* ssl = connection->stream.native_handle();
+  SSL* ssl = connection->native_handle();
   if (is_ip_literal(url.host)) {
     X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), url.host.c_str());
   } else {
     SSL_set_tlsext_host_name(ssl, url.host.c_str());
     SSL_set1_host(ssl, url.host.c_str());
   }
-  auto [handshake_error] = co_await connection->stream.async_handshake(asio::ssl::stream_base::client, kAsTuple);
-  if (handshake_error) {
+  if (auto handshake_error = co_await connection->handshake(connecting.release_socket(), deadline)) {
     const long verify_result = SSL_get_verify_result(ssl);
     std::string why = verify_result != X509_V_OK ? X509_verify_cert_error_string(verify_result)
                                                   : handshake_error.message();
@@ -250,12 +467,15 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse>>> UpstreamClient::send(
   request.keep_alive(true);
   request.prepare_payload();
   const bool head = request.method() == http::verb::head;
+  std::ostringstream serialized;
+  serialized << request;
+  const std::string wire = std::move(serialized).str();
   const auto started = std::chrono::steady_clock::now();
   const unsigned attempts = idempotent ? settings_.retries + 1 : 1;
   Error last_error{ErrorCode::kIo, "no attempt made", std::nullopt};
   UpstreamErrorReason last_failure = UpstreamErrorReason::kConnect;
   for (unsigned attempt = 0; attempt < attempts; ++attempt) {
-    std::unique_ptr<UpstreamConnection> connection = take_idle(url.origin());
+    std::shared_ptr<UpstreamConnection> connection = take_idle(url.origin());
     if (!connection) {
       auto connected = co_await connect(url);
       if (!connected) {
@@ -269,21 +489,15 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse>>> UpstreamClient::send(
       }
       connection = std::move(*connected);
     }
-    beast::tcp_stream& tcp_layer = connection->stream.next_layer();
-    tcp_layer.expires_after(settings_.read_timeout);
-    auto [write_error, written] = co_await http::async_write(connection->stream, request, kAsTuple);
-    if (write_error) {
+    if (auto write_error = co_await connection->write_all(
+            std::span(reinterpret_cast<const uint8_t*>(wire.data()), wire.size()), settings_.read_timeout)) {
       last_error = upstream_error("cannot send to", url, write_error);
       last_failure = classify(write_error);
       continue;
     }
     std::unique_ptr<UpstreamResponse> response(new UpstreamResponse(shared_from_this(), std::move(connection)));
-    response->parser_.header_limit(kMaxResponseHeaderBytes);
-    response->parser_.body_limit(boost::none);  // bodies are streamed; callers bound what they keep
     if (head) response->parser_.skip(true);
-    auto [read_error, header_bytes] = co_await http::async_read_header(
-        response->connection_->stream, response->connection_->buffer, response->parser_, kAsTuple);
-    if (read_error) {
+    if (auto read_error = co_await response->read_header()) {
       last_error = upstream_error("no response from", url, read_error);
       last_failure = classify(read_error);
       if (last_failure == UpstreamErrorReason::kTimeout || last_failure == UpstreamErrorReason::kProtocol) break;
@@ -303,34 +517,120 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse>>> UpstreamClient::send(
 // Responses
 
 UpstreamResponse::UpstreamResponse(std::shared_ptr<UpstreamClient> client,
-                                   std::unique_ptr<UpstreamConnection> connection)
-    : client_(std::move(client)), connection_(std::move(connection)) {}
+                                   std::shared_ptr<UpstreamConnection> connection)
+    : client_(std::move(client)), connection_(std::move(connection)) {
+  parser_.header_limit(kMaxResponseHeaderBytes);
+  parser_.body_limit(boost::none);  // bodies are streamed; callers bound what they keep
+}
 
 UpstreamResponse::~UpstreamResponse() = default;
 
-asio::awaitable<Result<size_t>> UpstreamResponse::read_some(std::span<uint8_t> out) {
-  if (!connection_ || out.empty()) co_return size_t{0};
-  while (!parser_.is_done()) {
+asio::awaitable<boost::system::error_code> UpstreamResponse::read_header() {
+  beast::flat_buffer& received = connection_->received;
+  const auto timeout = client_->settings().read_timeout;
+  for (;;) {
+    if (received.size() > 0) {
+      boost::system::error_code error;
+      received.consume(parser_.put(received.data(), error));
+      if (error && error != http::error::need_more) co_return error;
+      if (parser_.is_header_done()) break;
+    }
+    auto [error, got] = co_await connection_->read_some(
+        std::span(static_cast<uint8_t*>(received.prepare(kParseReadBytes).data()), kParseReadBytes), timeout);
+    if (error) co_return error;
+    received.commit(got);
+  }
+  if (parser_.is_done()) {
+    finish_body();
+  } else if (!parser_.chunked() && parser_.content_length()) {
+    counted_remaining_ = *parser_.content_length();
+  }
+  co_return boost::system::error_code{};
+}
+
+void UpstreamResponse::finish_body() {
+  body_done_ = true;
+  if (parser_.keep_alive()) {
+    client_->return_idle(std::move(connection_));
+  } else {
+    connection_.reset();
+  }
+}
+
+Error UpstreamResponse::body_failed(const boost::system::error_code& error) {
+  last_failure_ = classify(error);
+  if (client_->metrics_) client_->metrics_->count_upstream_error(last_failure_);
+  connection_.reset();
+  return Error{ErrorCode::kIo, "the upstream body broke off: " + error.message(), std::nullopt};
+}
+
+asio::awaitable<Result<size_t>> UpstreamResponse::read(std::span<uint8_t> out) {
+  size_t filled = 0;
+  while (filled < out.size() && connection_) {
+    // An if, not ?: : g++ 12 evaluates both arms of a conditional whose arms are co_await expressions.
+    Result<size_t> got = size_t{0};
+    if (counted_remaining_) {
+      got = co_await read_counted(out.subspan(filled));
+    } else {
+      got = co_await read_parsed(out.subspan(filled));
+    }
+    if (!got) co_return got;
+    filled += *got;
+  }
+  co_return filled;
+}
+
+asio::awaitable<Result<size_t>> UpstreamResponse::read_counted(std::span<uint8_t> out) {
+  // The parser has read the header only; the body's bytes go straight to `out`, with none copied.
+  out = out.first(static_cast<size_t>(std::min<uint64_t>(out.size(), *counted_remaining_)));
+  beast::flat_buffer& received = connection_->received;
+  size_t got = 0;
+  if (received.size() > 0) {
+    got = std::min(out.size(), received.size());
+    std::memcpy(out.data(), received.data().data(), got);
+    received.consume(got);
+  } else {
+    auto [error, read] = co_await connection_->read_some(out, client_->settings().read_timeout);
+    if (error == asio::error::eof) error = http::error::partial_message;
+    if (error) co_return tl::unexpected(body_failed(error));
+    got = read;
+  }
+  *counted_remaining_ -= got;
+  if (client_->metrics_) client_->metrics_->add_upstream_bytes(got);
+  if (*counted_remaining_ == 0) finish_body();
+  co_return got;
+}
+
+asio::awaitable<Result<size_t>> UpstreamResponse::read_parsed(std::span<uint8_t> out) {
+  beast::flat_buffer& received = connection_->received;
+  for (;;) {
     parser_.get().body().data = out.data();
     parser_.get().body().size = out.size();
-    connection_->stream.next_layer().expires_after(client_->settings().read_timeout);
-    auto [error, ignored] = co_await http::async_read(connection_->stream, connection_->buffer, parser_, kAsTuple);
+    boost::system::error_code error;
+    const size_t used = received.size() > 0 ? parser_.put(received.data(), error) : 0;
+    received.consume(used);
     const size_t got = out.size() - parser_.get().body().size;
-    if (error && error != http::error::need_buffer) {
-      last_failure_ = classify(error);
-      if (client_->metrics_) client_->metrics_->count_upstream_error(last_failure_);
-      connection_.reset();
-      co_return tl::unexpected(Error{ErrorCode::kIo, "the upstream body broke off: " + error.message(), std::nullopt});
+    if (error && error != http::error::need_buffer && error != http::error::need_more) {
+      co_return tl::unexpected(body_failed(error));
     }
     if (client_->metrics_) client_->metrics_->add_upstream_bytes(got);
-    if (parser_.is_done() && parser_.keep_alive()) {
-      client_->return_idle(std::move(connection_));
-    } else if (parser_.is_done()) {
+    if (parser_.is_done()) finish_body();
+    if (got > 0 || body_done_) co_return got;
+    if (used > 0 && received.size() > 0) continue;  // framing (a chunk's size line) consumed; parse on
+    auto [read_error, read] = co_await connection_->read_some(
+        std::span(static_cast<uint8_t*>(received.prepare(kParseReadBytes).data()), kParseReadBytes),
+        client_->settings().read_timeout);
+    if (read_error == asio::error::eof) {
+      // A body without length or chunks ends with the connection; any other is cut short.
+      parser_.put_eof(error);
+      if (error) co_return tl::unexpected(body_failed(error));
       connection_.reset();
+      body_done_ = true;
+      co_return size_t{0};
     }
-    if (got > 0 || !connection_) co_return got;
+    if (read_error) co_return tl::unexpected(body_failed(read_error));
+    received.commit(read);
   }
-  co_return size_t{0};
 }
 
 asio::awaitable<Result<std::string>> UpstreamResponse::read_all(uint64_t limit) {
@@ -341,7 +641,7 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(uint64_t limit) 
   }
   std::vector<uint8_t> chunk(64 * 1024);
   for (;;) {
-    auto got = co_await read_some(chunk);
+    auto got = co_await read(chunk);
     if (!got) co_return tl::unexpected(got.error());
     if (*got == 0) break;
     if (body.size() + *got > limit) {

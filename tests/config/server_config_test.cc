@@ -59,6 +59,7 @@ TEST(DefaultServerConfig, MatchesTheDocumentedDefaults) {
   EXPECT_EQ(config.pipeline.retry_after, milliseconds(10'000));
   EXPECT_EQ(config.pipeline.max_artifact_size, 64ull << 30);
   EXPECT_EQ(config.pipeline.buffer_before_send, 8ull << 20);
+  EXPECT_EQ(config.pipeline.stream_piece_size, 512ull << 10);
   EXPECT_TRUE(config.mtd.layout_variation);
   EXPECT_EQ(config.mtd.secret_file, "");
   EXPECT_EQ(config.mtd.epoch, 0u);
@@ -114,6 +115,7 @@ pipeline:
   retry_after: 1s
   max_artifact_size: 1 GiB
   buffer_before_send: 0
+  stream_piece_size: 64KiB
 mtd:
   layout_variation: false
   secret_file: /etc/zoogate/mtd-secret
@@ -175,6 +177,7 @@ TEST(ServerConfig, ReadsEveryKey) {
   EXPECT_EQ(config.pipeline.retry_after, milliseconds(1000));
   EXPECT_EQ(config.pipeline.max_artifact_size, 1ull << 30);
   EXPECT_EQ(config.pipeline.buffer_before_send, 0u);
+  EXPECT_EQ(config.pipeline.stream_piece_size, 64u << 10);
 
   EXPECT_FALSE(config.mtd.layout_variation);
   EXPECT_EQ(config.mtd.secret_file, "/etc/zoogate/mtd-secret");
@@ -280,6 +283,7 @@ TEST(ServerConfig, RefusesValuesOfTheWrongTypeOrOutOfRange) {
                                                                    "from 1s to 1h"));
   EXPECT_THAT(refusal("pipeline: {max_artifact_size: 1023}"), HasSubstr("from 1KiB to 1024TiB"));
   EXPECT_THAT(refusal("pipeline: {buffer_before_send: 2GiB}"), HasSubstr("from 0B to 1GiB"));
+  EXPECT_THAT(refusal("pipeline: {stream_piece_size: 1KiB}"), HasSubstr("from 16KiB to 16MiB"));
   EXPECT_EQ(refusal("mtd: {layout_variation: yes}"),
             "zoogate.yaml:1:25: 'mtd.layout_variation' must be true or false, got 'yes'");
   EXPECT_THAT(refusal("mtd: {epoch: -1}"), HasSubstr("'mtd.epoch' must be an integer from 0 to "));
@@ -511,7 +515,7 @@ TEST(ServerConfigToYaml, TheDefaultsReadBackToTheDefaults) {
   for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "io_threads:", "worker_threads:",
                                "hub_url:", "redirect_hosts:", "ca_bundle:", "connect_timeout:", "read_timeout:",
                                "retries:", "max_idle_connections:", "max_redirects:", "dir:", "max_size:",
-                               "client_wait:", "retry_after:", "max_artifact_size:", "buffer_before_send:",
+                               "client_wait:", "retry_after:", "max_artifact_size:", "buffer_before_send:", "stream_piece_size:",
                                "layout_variation:", "secret_file:", "epoch:", "permute_weights:",
                                "signing_key_file:", "policy_file:", "max_request_header_bytes:",
                                "max_api_json_bytes:", "max_connections:", "client_idle_timeout:", "access_log:",

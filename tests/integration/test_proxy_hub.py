@@ -321,7 +321,7 @@ class HubClientJs(WorldTest):
 class Faults(WorldTest):
     """Upstream misbehaviour: the client gets an error, and nothing partial is cached or served."""
 
-    zoogate_config = {"pipeline": {"client_wait": "2s", "retry_after": "1s"}}
+    zoogate_config = {"pipeline": {"client_wait": "2s", "retry_after": "1s"}, "upstream": {"read_timeout": "3s"}}
 
     def tearDown(self):
         self.world.hub.clear_faults()
@@ -392,6 +392,18 @@ class Faults(WorldTest):
             time.sleep(float(response.headers["Retry-After"]))
         self.assertIn(response.status_code, (200, 403))
         self.assertEqual(self.world.hub.fetch_count(MODEL, "evil.bin"), fetches + 1)
+
+    def test_stalled_upstream_times_out(self):
+        before = self.upstream_errors("timeout")
+        # 512 bytes, then silence far longer than upstream.read_timeout (3 s).
+        self.world.hub.inject(MODEL, "model.safetensors", Fault.slow_drip(chunk_bytes=512, interval=30))
+        started = time.monotonic()
+        response = requests.get(self.world.url(MODEL, "model.safetensors"), timeout=60)
+        self.assertEqual(response.status_code, 502)
+        self.assertIn("timeout", response.headers["X-Error-Message"])
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertGreater(self.upstream_errors("timeout"), before)
+        self.assert_recovers("model.safetensors", lambda data: self.assertEqual(data, self.world.safetensors))
 
     def test_upstream_5xx(self):
         self.world.hub.inject(MODEL, "config.json", Fault.status(502, count=None, host="hub"))
