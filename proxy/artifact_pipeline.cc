@@ -5,6 +5,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -27,8 +28,15 @@ namespace asio = boost::asio;
 
 namespace {
 
-// Piece size of the download loop: the only buffer a download holds, whatever the file's size.
+// Piece size of the download loop: a download holds two (one being read, one being hashed and
+// spooled), whatever the file's size.
 constexpr size_t kDownloadChunkBytes = 1 << 20;
+
+// Checks and keeps one piece of a download; runs on a worker thread.
+Status check_and_spool(ContentVerifier* verifier, SpoolFile* spool, std::span<const uint8_t> bytes) {
+  verifier->update(bytes);
+  return spool->append(bytes);
+}
 
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
 // LFS) are identified by it, and it is all that lets zoogate check their bytes.
@@ -326,21 +334,25 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
   SpoolFile& spool = *job->spool;
   metrics_.count_upstream_fetch();
   ContentVerifier verifier(job->file);
-  auto take = [&](std::span<const uint8_t> bytes) -> Status {
-    verifier.update(bytes);
-    return spool.append(bytes);
-  };
-  if (auto appended = take(body.first_bytes); !appended) co_return spool.finish(appended);
+  // Reading the next piece overlaps hashing and spooling the one before on a worker thread: hashing
+  // and writing cost about as much as the TLS, so the download takes the longer of the two, not both.
+  using namespace asio::experimental::awaitable_operators;
+  std::vector<uint8_t> held = std::move(body.first_bytes);  // read, not yet checked and spooled
   std::vector<uint8_t> chunk(kDownloadChunkBytes);
   for (;;) {
     if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
-    auto got = co_await body.response->read(chunk);
-    if (!got) co_return spool.finish(tl::unexpected(got.error()));
-    if (*got == 0) break;
-    if (auto appended = take(std::span(chunk.data(), *got)); !appended) {
+    auto [appended, got] = co_await (run_on_workers(file_workers_, &check_and_spool, &verifier, &spool,
+                                                    std::span<const uint8_t>(held)) &&
+                                     body.response->read(chunk));
+    if (!appended) {
       metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
       co_return spool.finish(appended);
     }
+    if (!got) co_return spool.finish(tl::unexpected(got.error()));
+    if (*got == 0) break;
+    chunk.resize(*got);
+    std::swap(held, chunk);
+    chunk.resize(kDownloadChunkBytes);
   }
   auto received = verifier.finish();
   if (!received) {

@@ -168,9 +168,6 @@ class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnectio
   // Writes all of `bytes`, each wait for the peer at most `timeout`.
   asio::awaitable<boost::system::error_code> write_all(std::span<const uint8_t> bytes,
                                                        std::chrono::milliseconds timeout);
-  // No wait of this connection is running (it lies in the pool): the watchdog sleeps.
-  void stop_watching();
-
   const std::string origin;
   beast::flat_buffer received;  // decrypted bytes not parsed yet; bytes past one response stay for the next
 
@@ -180,6 +177,8 @@ class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnectio
   Step next_step(int outcome, boost::system::error_code& error);
   asio::awaitable<boost::system::error_code> wait(Step step, Deadline deadline);
   void watch_deadline(Deadline deadline);
+  // An operation ended: no wait is running, and the watchdog sleeps at its next wake.
+  void stop_watching();
   void arm_watchdog(Deadline at);  // watch_mutex_ held
   void on_watchdog();
 
@@ -248,12 +247,16 @@ UpstreamConnection::Step UpstreamConnection::next_step(int outcome, boost::syste
     case SSL_ERROR_ZERO_RETURN:
       error = asio::error::eof;
       return Step::kFailed;
-    case SSL_ERROR_SYSCALL:
-      // errno 0: the peer closed without a TLS close_notify, which can truncate a body unnoticed.
-      error = errno != 0 ? boost::system::error_code(errno, boost::system::system_category())
-                         : boost::system::error_code(asio::ssl::error::stream_truncated);
-      if (ERR_peek_error() != 0) error = boost::system::error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
+    case SSL_ERROR_SYSCALL: {
+      // errno 0 and no OpenSSL error: the peer closed without a TLS close_notify, which could cut a
+      // body short unnoticed, so it is an error of its own.
+      const int system_error = errno;
+      const unsigned long reason = ERR_get_error();
+      error = reason != 0         ? boost::system::error_code(static_cast<int>(reason), asio::error::get_ssl_category())
+              : system_error != 0 ? boost::system::error_code(system_error, boost::system::system_category())
+                                  : boost::system::error_code(asio::ssl::error::stream_truncated);
       return Step::kFailed;
+    }
     default: {
       const unsigned long reason = ERR_get_error();
       error = boost::system::error_code(reason != 0 ? static_cast<int>(reason) : SSL_R_UNEXPECTED_MESSAGE,
@@ -374,7 +377,6 @@ std::shared_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string&
 }
 
 void UpstreamClient::return_idle(std::shared_ptr<UpstreamConnection> connection) {
-  connection->stop_watching();
   std::lock_guard lock(pool_mutex_);
   auto& idle = idle_[connection->origin];
   if (idle.size() >= settings_.max_idle_connections) idle.pop_front();  // the oldest is most likely stale
