@@ -1,5 +1,6 @@
 #include "common/byte_sink.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -24,8 +25,30 @@ Status MemorySink::write_bytes(std::span<const uint8_t> bytes) {
 }
 
 Status HashingSink::write_bytes(std::span<const uint8_t> bytes) {
-  hash_.update(bytes);
-  return next_.write(bytes);
+  ZG_TRY(next_.write(bytes));
+  while (!bytes.empty()) {
+    std::vector<uint8_t>& staging = staging_[current_];
+    const size_t taken = std::min(bytes.size(), kStagingBytes - staging.size());
+    staging.insert(staging.end(), bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(taken));
+    bytes = bytes.subspan(taken);
+    if (staging.size() == kStagingBytes) hand_over();
+  }
+  return {};
+}
+
+void HashingSink::hand_over() {
+  tickets_[current_] = hash_.update(staging_[current_]);
+  current_ ^= 1;
+  hash_.wait_for(tickets_[current_]);
+  staging_[current_].clear();
+}
+
+Sha256::Digest HashingSink::finish() {
+  if (!staging_[current_].empty()) hand_over();
+  Sha256::Digest digest = hash_.finish();
+  staging_[0].clear();
+  staging_[1].clear();
+  return digest;
 }
 
 Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string& path, unsigned mode,

@@ -94,6 +94,25 @@ TEST(HashingSink, HashesWhatPassesThrough) {
   EXPECT_EQ(memory.bytes().size(), 3u);
 }
 
+TEST(HashingSink, HashesLongStreamsWrittenInPiecesOfAnySize) {
+  // Longer than both staging buffers together, written in pieces that straddle their boundaries.
+  std::vector<uint8_t> data((7u << 20) / 2);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>((i * 131) ^ (i >> 12));
+  MemorySink memory;
+  HashingSink hashing(memory);
+  std::span<const uint8_t> rest(data);
+  for (size_t piece : {size_t{1}, size_t{4095}, (size_t{1} << 20) + 7, size_t{3} << 19}) {
+    ASSERT_TRUE(hashing.write(rest.first(piece)));
+    rest = rest.subspan(piece);
+  }
+  ASSERT_TRUE(hashing.write(rest));
+  EXPECT_EQ(hashing.finish(), Sha256::of(data));
+  EXPECT_EQ(memory.bytes(), data);
+  // finish() starts a new stream.
+  ASSERT_TRUE(hashing.write(std::string_view("abc")));
+  EXPECT_EQ(to_hex(hashing.finish()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
 TEST(Checked, DetectsOverflow) {
   EXPECT_FALSE(checked_add(UINT64_MAX, 1));
   EXPECT_FALSE(checked_mul(1ull << 33, 1ull << 33));
