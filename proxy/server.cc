@@ -1,7 +1,6 @@
 #include "proxy/server.h"
 
 #include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -767,8 +766,6 @@ Result<std::unique_ptr<Server>> Server::create(config::ServerConfig config) {
 
 Status Server::run() {
   ServerState& state = *state_;
-  // OpenSSL writes to upstream sockets with write(2): a peer gone away must be an error, not SIGPIPE.
-  std::signal(SIGPIPE, SIG_IGN);
   auto bind = [&](tcp::acceptor& acceptor, const config::ListenAddress& address) -> Status {
     auto endpoint = endpoint_of(address);
     if (!endpoint) return tl::unexpected(endpoint.error());

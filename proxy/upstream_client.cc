@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <csignal>
 #include <cstring>
 #include <sstream>
 #include <tuple>
@@ -353,6 +354,8 @@ UpstreamClient::UpstreamClient(asio::io_context& io, const UpstreamSettings& set
 
 Result<std::shared_ptr<UpstreamClient>> UpstreamClient::create(asio::io_context& io, const UpstreamSettings& settings,
                                                                Metrics* metrics) {
+  // OpenSSL writes to the socket with write(2): a peer gone away must be an error, not SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   std::shared_ptr<UpstreamClient> client(new UpstreamClient(io, settings, metrics));
   SSL_CTX* context = client->tls_.native_handle();
   SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION);

@@ -135,7 +135,8 @@ class UpstreamClient : public std::enable_shared_from_this<UpstreamClient> {
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
 
   // Builds the TLS context: peer verification on, TLS 1.2 at least, the system's trust store plus
-  // `settings.ca_bundle`. Fails when the bundle cannot be loaded.
+  // `settings.ca_bundle`. Fails when the bundle cannot be loaded. Sets SIGPIPE to be ignored in the
+  // whole process: OpenSSL writes to the sockets with write(2), and a closed peer must be an error.
   static Result<std::shared_ptr<UpstreamClient>> create(boost::asio::io_context& io, const UpstreamSettings& settings,
                                                         Metrics* metrics);
 

@@ -2,7 +2,6 @@
 // the upstream announced, the spool the disarm reads while the download writes, and the one-time
 // value concurrent requests wait on.
 #include <chrono>
-#include <filesystem>
 #include <string>
 #include <thread>
 
@@ -11,12 +10,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include "common/encoding.h"
 #include "proxy/artifact_pipeline.h"
 #include "proxy/completion.h"
 #include "proxy/spool_file.h"
+#include "tests/proxy/temporary_folder.h"
 
 namespace zoogate::proxy {
 namespace {
@@ -97,16 +96,9 @@ TEST(ContentVerifier, ChecksTheGitBlobIdAndStillGivesTheSha256) {
 
 class SpoolFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    folder_ = std::filesystem::temp_directory_path() /
-              ("zoogate-spool-" + std::to_string(::getpid()) + "-" +
-               ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(folder_);
-  }
-  void TearDown() override { std::filesystem::remove_all(folder_); }
-  std::string path() const { return (folder_ / "spool").string(); }
+  std::string path() const { return folder_.file("spool"); }
 
-  std::filesystem::path folder_;
+  TemporaryFolder folder_;
 };
 
 TEST_F(SpoolFileTest, AReaderWaitsForTheBytesItAsksFor) {
@@ -154,7 +146,7 @@ TEST_F(SpoolFileTest, AKeptDownloadOpensFinished) {
   std::string out(4, '\0');
   ASSERT_TRUE((*kept)->reader()->read_at(0, std::span(reinterpret_cast<uint8_t*>(out.data()), out.size())));
   EXPECT_EQ(out, "wxyz");
-  EXPECT_FALSE(SpoolFile::open_complete((folder_ / "missing").string(), 4));
+  EXPECT_FALSE(SpoolFile::open_complete(folder_.file("missing"), 4));
 }
 
 TEST(Completion, AWaiterGetsTheValueOrGivesUpAtItsDeadline) {
