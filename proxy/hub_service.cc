@@ -724,8 +724,8 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     // Larger ones stream with the newest piece held back until the next one arrives, and the last
     // until the digest matches: on a mismatch the connection closes short, which every client treats
     // as a failed download. Three pieces move at once: the oldest goes to the client, the newest is
-    // hashed on a worker thread (hashing costs about as much as the TLS and the sending together),
-    // and the next one is read. Three pieces at most are in memory.
+    // hashed on a worker thread (the SHA-256 costs about 0.6 core-seconds per GiB, over half of what
+    // the TLS and the sockets cost), and the next one is read. Three pieces at most are in memory.
     using namespace asio::experimental::awaitable_operators;
     std::vector<uint8_t> sending;  // the piece before `held`: hashed, and known not to be the last
     for (;;) {
