@@ -98,7 +98,6 @@ class UpstreamResponse {
     auto length = parser_.content_length();
     return length ? std::optional<uint64_t>(*length) : std::nullopt;
   }
-  bool done() const { return body_done_; }
 
   // Fills `out` with body bytes, fewer only at the body's end; 0 means the body has ended. Errors are
   // kIo with the failure's words; a body shorter than its Content-Length is an error, never a short file.
