@@ -334,8 +334,8 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
   SpoolFile& spool = *job->spool;
   metrics_.count_upstream_fetch();
   ContentVerifier verifier(job->file);
-  // Reading the next piece overlaps hashing and spooling the one before on a worker thread: hashing
-  // and writing cost about as much as the TLS, so the download takes the longer of the two, not both.
+  // Reading the next piece overlaps hashing and spooling the one before on a worker thread, so the
+  // download takes the longer of the two rather than both, and the I/O thread never blocks on the disk.
   using namespace asio::experimental::awaitable_operators;
   std::vector<uint8_t> held = std::move(body.first_bytes);  // read, not yet checked and spooled
   std::vector<uint8_t> chunk(kDownloadChunkBytes);

@@ -554,7 +554,6 @@ asio::awaitable<boost::system::error_code> UpstreamResponse::read_header() {
 }
 
 void UpstreamResponse::finish_body() {
-  body_done_ = true;
   if (parser_.keep_alive()) {
     client_->return_idle(std::move(connection_));
   } else {
@@ -620,7 +619,7 @@ asio::awaitable<Result<size_t>> UpstreamResponse::read_parsed(std::span<uint8_t>
     }
     if (client_->metrics_) client_->metrics_->add_upstream_bytes(got);
     if (parser_.is_done()) finish_body();
-    if (got > 0 || body_done_) co_return got;
+    if (got > 0 || !connection_) co_return got;  // no connection: the body is done
     if (used > 0 && received.size() > 0) continue;  // framing (a chunk's size line) consumed; parse on
     auto [read_error, read] = co_await connection_->read_some(
         std::span(static_cast<uint8_t*>(received.prepare(kParseReadBytes).data()), kParseReadBytes),
@@ -630,7 +629,6 @@ asio::awaitable<Result<size_t>> UpstreamResponse::read_parsed(std::span<uint8_t>
       parser_.put_eof(error);
       if (error) co_return tl::unexpected(body_failed(error));
       connection_.reset();
-      body_done_ = true;
       co_return size_t{0};
     }
     if (read_error) co_return tl::unexpected(body_failed(read_error));

@@ -125,7 +125,6 @@ class UpstreamResponse {
   std::shared_ptr<UpstreamConnection> connection_;  // null once the body is done or failed
   boost::beast::http::response_parser<boost::beast::http::buffer_body> parser_;
   std::optional<uint64_t> counted_remaining_;  // body bytes still due, for a Content-Length body
-  bool body_done_ = false;
   UpstreamErrorReason last_failure_ = UpstreamErrorReason::kProtocol;
 };
 
