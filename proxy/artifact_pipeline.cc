@@ -32,12 +32,6 @@ namespace {
 // spooled), whatever the file's size.
 constexpr size_t kDownloadChunkBytes = 1 << 20;
 
-// Checks and keeps one piece of a download; runs on a worker thread.
-Status check_and_spool(ContentVerifier* verifier, SpoolFile* spool, std::span<const uint8_t> bytes) {
-  verifier->update(bytes);
-  return spool->append(bytes);
-}
-
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
 // LFS) are identified by it, and it is all that lets zoogate check their bytes.
 // Names the MTD secret in cache keys without revealing it, so that processes sharing a cache folder
@@ -334,15 +328,17 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
   SpoolFile& spool = *job->spool;
   metrics_.count_upstream_fetch();
   ContentVerifier verifier(job->file);
-  // Reading the next piece overlaps hashing and spooling the one before on a worker thread, so the
-  // download takes the longer of the two rather than both, and the I/O thread never blocks on the disk.
+  // Three things happen at once: the newest piece is hashed on one worker thread and appended to the
+  // spool on another, while the next piece is read. The download then takes the longest of the three
+  // rather than their sum, and the I/O thread never blocks on the disk.
   using namespace asio::experimental::awaitable_operators;
   std::vector<uint8_t> held = std::move(body.first_bytes);  // read, not yet checked and spooled
   std::vector<uint8_t> chunk(kDownloadChunkBytes);
   for (;;) {
     if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
-    auto [appended, got] = co_await (run_on_workers(file_workers_, &check_and_spool, &verifier, &spool,
-                                                    std::span<const uint8_t>(held)) &&
+    const std::span<const uint8_t> piece(held);
+    auto [appended, got] = co_await (run_on_workers(file_workers_, &ContentVerifier::update, &verifier, piece) &&
+                                     run_on_workers(file_workers_, &SpoolFile::append, &spool, piece) &&
                                      body.response->read(chunk));
     if (!appended) {
       metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
