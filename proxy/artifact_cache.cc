@@ -345,7 +345,6 @@ Result<CachedArtifact> EntryWriter::commit(const nlohmann::json& meta, std::opti
     if (!hashed) return tl::unexpected(hashed.error());
     info.sha256 = *hashed;
   }
-  if (::fsync(body.get()) != 0) return os_failure("cannot fsync", body_path_, errno);
   info.meta = meta;
   if (manifest_text) {
     info.manifest_size = manifest_text->size();
@@ -416,7 +415,6 @@ Result<SpooledUpstream> SpoolWriter::commit(std::optional<Sha256::Digest> sha256
     return fail(ErrorCode::kIntegrity,
                 "the spooled file has SHA-256 " + to_hex(*sha256) + ", not the " + sha256_hex_ + " it was named by");
   }
-  if (::fsync(data.get()) != 0) return os_failure("cannot fsync", path_, errno);
   ZG_TRY(sync_directory(staging_dir_));
 
   const std::string item = cache_.spool_item_path(sha256_hex_);
@@ -667,7 +665,7 @@ Result<ArtifactCache::Publication> ArtifactCache::publish(const std::string& sta
     return Publication::kOurs;
   });
   if (!published || *published == Publication::kTheirs) return published;
-  // The rename is what makes the item durable, as the fsyncs before made its contents.
+  // The rename is made durable here, as the fsyncs before made the small files (see "Crash safety").
   ZG_TRY(sync_directory(parent));
   touch(item);
   notify_size(usage);

@@ -16,9 +16,13 @@
 //   usage                         "<bytes> <entries>": the shared count of all items
 // (<ab> is the first two hex digits of the name, so that no folder grows to millions of children.)
 //
-// Crash safety: an item becomes visible through one rename(2) of a complete folder (or file) whose
-// contents were fsynced first, and disappears through one rename out of the tree before it is deleted.
-// So no reader, in this process or another, ever sees a partial item, whenever a process dies.
+// Crash safety: an item becomes visible through one rename(2) of a complete folder (or file), and
+// disappears through one rename out of the tree before it is deleted. So no reader, in this process or
+// another, ever sees a partial item, whenever a process dies. Small files (info.json, manifests,
+// records) and the folders are fsynced before the rename; bodies and spooled files are not, because
+// flushing a large file sits on the path of a cold download (seconds per GiB on a disk) and is not
+// needed for integrity: after a machine crash, a body whose bytes never reached the disk fails the
+// verification on read below, which every process does before it serves a file, and is filled again.
 // Staging folders of a process that died are removed by the next open(): each session folder holds a
 // lock file that its live owner keeps flock()ed, so a lock that can be taken marks a dead owner. The
 // usage count is not fsynced; open() always recomputes it by scanning.
@@ -156,8 +160,8 @@ class EntryWriter {
   // until the body's writer creates it.
   const std::string& body_path() const { return body_path_; }
 
-  // Publishes the entry: fsyncs the body, writes info.json (with `meta`) and the manifest, fsyncs them,
-  // and renames the staging folder into entries/. `body_sha256` is the body's digest when its writer
+  // Publishes the entry: writes info.json (with `meta`) and the manifest, fsyncs them (not the body; see
+  // "Crash safety" above), and renames the staging folder into entries/. `body_sha256` is the body's digest when its writer
   // computed it on the way (the sanitizer does), which spares a second read of the body; without it
   // the body is hashed here. When another writer (of this or another process) published the key first,
   // theirs is kept and returned, and this writer's files are removed. A meta that serializes to more
