@@ -51,20 +51,18 @@ Sha256::Digest HashingSink::finish() {
   return digest;
 }
 
-Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string& path, unsigned mode,
-                                                               Durability durability) {
+Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string& path, unsigned mode) {
   std::random_device entropy;
   uint8_t suffix[8];
   for (auto& byte : suffix) byte = static_cast<uint8_t>(entropy());
   std::string temp_path = path + ".tmp-" + to_hex(suffix);
   int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return fail(ErrorCode::kIo, "cannot create " + temp_path + ": " + std::strerror(errno));
-  return std::unique_ptr<AtomicFileSink>(new AtomicFileSink(fd, path, std::move(temp_path), durability));
+  return std::unique_ptr<AtomicFileSink>(new AtomicFileSink(fd, path, std::move(temp_path)));
 }
 
-AtomicFileSink::AtomicFileSink(int fd, std::string path, std::string temp_path, Durability durability)
-    : fd_(fd), path_(std::move(path)), temp_path_(std::move(temp_path)), durability_(durability),
-      buffer_(kFileBufferSize) {}
+AtomicFileSink::AtomicFileSink(int fd, std::string path, std::string temp_path)
+    : fd_(fd), path_(std::move(path)), temp_path_(std::move(temp_path)), buffer_(kFileBufferSize) {}
 
 AtomicFileSink::~AtomicFileSink() {
   if (fd_ >= 0) ::close(fd_);
@@ -110,7 +108,6 @@ Status AtomicFileSink::write_bytes(std::span<const uint8_t> bytes) {
 
 Status AtomicFileSink::commit() {
   ZG_TRY(flush());
-  if (durability_ == Durability::kSynced && ::fsync(fd_) != 0) return fail(ErrorCode::kIo, "fsync of " + temp_path_ + " failed: " + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {

@@ -81,28 +81,23 @@ class HashingSink final : public ByteSink {
   AsyncSha256 hash_;  // last member: its worker stops before the buffers go
 };
 
-// Whether commit() waits for the data to reach the disk. Syncing makes a committed file survive a
-// power loss, at the price of waiting for the disk (on a 1 GiB file, about as long as hashing it twice);
-// without it the rename still never exposes a partial file to readers, as with cp or torch.save.
-enum class Durability { kPageCache, kSynced };
-
 // Writes to a temporary file beside `path` and renames it into place on commit(), so readers never see
 // a partial file. If the sink is destroyed without a successful commit(), the temporary file is removed:
-// a failed or blocked run leaves nothing behind.
+// a failed or blocked run leaves nothing behind. commit() does not fsync: the rename never exposes a
+// partial file to readers (as with cp or torch.save), and callers that need more verify what they read.
 class AtomicFileSink final : public ByteSink {
  public:
-  static Result<std::unique_ptr<AtomicFileSink>> create(const std::string& path, unsigned mode = 0644,
-                                                        Durability durability = Durability::kPageCache);
+  static Result<std::unique_ptr<AtomicFileSink>> create(const std::string& path, unsigned mode = 0644);
   ~AtomicFileSink() override;
   AtomicFileSink(const AtomicFileSink&) = delete;
   AtomicFileSink& operator=(const AtomicFileSink&) = delete;
 
   uint64_t position() const override { return written_ + buffered_; }
-  // Flushes (and with Durability::kSynced fsyncs) the file and renames it into place.
+  // Flushes the file and renames it into place.
   Status commit();
 
  private:
-  AtomicFileSink(int fd, std::string path, std::string temp_path, Durability durability);
+  AtomicFileSink(int fd, std::string path, std::string temp_path);
   Status write_bytes(std::span<const uint8_t> bytes) override;
   Status write_all(std::span<const uint8_t> bytes);
   Status flush();
@@ -110,7 +105,6 @@ class AtomicFileSink final : public ByteSink {
   int fd_;
   std::string path_;
   std::string temp_path_;
-  Durability durability_;
   std::vector<uint8_t> buffer_;  // write-behind buffer so small writes do not become syscalls
   size_t buffered_ = 0;
   uint64_t written_ = 0;
