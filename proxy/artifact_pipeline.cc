@@ -18,6 +18,7 @@
 #include "mtd/layout_variation.h"
 #include "mtd/manifest.h"
 #include "proxy/access_log.h"
+#include "proxy/background_verifier.h"
 #include "proxy/metrics.h"
 #include "proxy/spool_file.h"
 #include "proxy/worker_pool.h"
@@ -28,8 +29,8 @@ namespace asio = boost::asio;
 
 namespace {
 
-// Piece size of the download loop: a download holds two (one being read, one being hashed and
-// spooled), whatever the file's size.
+// Piece size of the download loop: a download holds three (one being read, one being spooled and
+// hashed, and the one before while its hashing ends), whatever the file's size.
 constexpr size_t kDownloadChunkBytes = 1 << 20;
 
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
@@ -327,30 +328,37 @@ std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start_from_spool(
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
   SpoolFile& spool = *job->spool;
   metrics_.count_upstream_fetch();
-  ContentVerifier verifier(job->file);
-  // Three things happen at once: the newest piece is hashed on one worker thread and appended to the
-  // spool on another, while the next piece is read. The download then takes the longest of the three
-  // rather than their sum, and the I/O thread never blocks on the disk.
+  BackgroundVerifier verifier(job->file, file_workers_, co_await asio::this_coro::executor);
+  // The newest piece is appended to the spool on a worker thread while the next one is read, so the
+  // download takes the longer of the two rather than both, and the I/O thread never blocks on the
+  // disk. The hashing runs beside both and may lag a piece behind: the loop waits for it only before
+  // it reads into that piece's buffer again.
   using namespace asio::experimental::awaitable_operators;
-  std::vector<uint8_t> held = std::move(body.first_bytes);  // read, not yet checked and spooled
-  std::vector<uint8_t> chunk(kDownloadChunkBytes);
+  using Piece = BackgroundVerifier::Piece;
+  Piece held = std::make_shared<std::vector<uint8_t>>(std::move(body.first_bytes));  // read, not yet spooled
+  Piece chunk = std::make_shared<std::vector<uint8_t>>(kDownloadChunkBytes);
+  Piece spooled = std::make_shared<std::vector<uint8_t>>();  // the piece before `held`
+  uint64_t spooled_ticket = 0;                                // its hashing ticket (0: none)
   for (;;) {
     if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
-    const std::span<const uint8_t> piece(held);
-    auto [appended, got] = co_await (run_on_workers(file_workers_, &ContentVerifier::update, &verifier, piece) &&
-                                     run_on_workers(file_workers_, &SpoolFile::append, &spool, piece) &&
-                                     body.response->read(chunk));
+    const uint64_t held_ticket = verifier.add(held);
+    auto [appended, got] = co_await (run_on_workers(file_workers_, &SpoolFile::append, &spool,
+                                                    std::span<const uint8_t>(*held)) &&
+                                     body.response->read(*chunk));
     if (!appended) {
       metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
       co_return spool.finish(appended);
     }
     if (!got) co_return spool.finish(tl::unexpected(got.error()));
     if (*got == 0) break;
-    chunk.resize(*got);
+    chunk->resize(*got);
+    co_await verifier.wait_until_hashed(spooled_ticket);  // its buffer is read into next
+    std::swap(spooled, held);
+    spooled_ticket = held_ticket;
     std::swap(held, chunk);
-    chunk.resize(kDownloadChunkBytes);
+    chunk->resize(kDownloadChunkBytes);
   }
-  auto received = verifier.finish();
+  const Result<Sha256::Digest> received = co_await verifier.finish();
   if (!received) {
     metrics_.count_upstream_error(verifier.complete() ? UpstreamErrorReason::kDigestMismatch
                                                       : UpstreamErrorReason::kSizeMismatch);

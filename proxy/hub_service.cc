@@ -21,6 +21,7 @@
 #include "cdr/safetensors.h"
 #include "common/encoding.h"
 #include "common/sha256.h"
+#include "proxy/background_verifier.h"
 #include "proxy/hub_headers.h"
 #include "proxy/hub_json.h"
 #include "proxy/metrics.h"
@@ -650,8 +651,8 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
 
   std::vector<uint8_t> first_bytes = std::move(obtained.first_bytes);
   UpstreamResponse& body = *obtained.body;
-  // A download holds three pieces (one being sent, one being hashed and held back for the digest
-  // check, one being read), whatever the file's size and the client's speed.
+  // A download holds three pieces (one being sent, one held back for the digest check while it is
+  // hashed, one being read), whatever the file's size and the client's speed.
   const size_t piece_size = static_cast<size_t>(config_.pipeline.stream_piece_size);
   // A safetensors file must show a valid header before any of it is passed on.
   PrefixSource probe(first_bytes, file.size);
@@ -684,7 +685,7 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
   // Small files are checked whole before the answer starts, so a bad one gets a clear 502. Larger
   // ones stream with the last piece held back until the digest matches; on a mismatch the
   // connection closes short, which every client treats as a failed download.
-  ContentVerifier verifier(file);
+  BackgroundVerifier verifier(file, file_workers_, co_await asio::this_coro::executor);
   auto send_window = [&](std::span<const uint8_t> bytes, uint64_t at) -> asio::awaitable<bool> {
     // Sends the part of [at, at + size) that lies within the requested range.
     const uint64_t begin = std::max(at, first);
@@ -702,52 +703,53 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     exchange.error_message = "the upstream failed mid-body: " + error.message;
     exchange.abort();
   };
-  std::vector<uint8_t> held = std::move(first_bytes);  // the newest bytes: not sent before they are verified
-  uint64_t position = 0;                                // file offset of the first byte not sent yet
+  using Piece = BackgroundVerifier::Piece;
+  Piece held = std::make_shared<std::vector<uint8_t>>(std::move(first_bytes));  // newest bytes, not sent yet
+  uint64_t position = 0;  // file offset of the first byte not sent yet
   bool header_sent = false;
-  std::vector<uint8_t> chunk(piece_size);
+  Piece chunk = std::make_shared<std::vector<uint8_t>>(piece_size);
 
   if (file.size <= config_.pipeline.buffer_before_send) {
-    // Small files are checked whole before the answer starts, so a bad one gets a clear 502.
-    verifier.update(held);
     for (;;) {
-      auto got = co_await body.read(chunk);
+      auto got = co_await body.read(*chunk);
       if (!got) co_return co_await upstream_failed(got.error(), header_sent);
       if (*got == 0) break;
-      verifier.update(std::span(chunk.data(), *got));
-      if (held.size() + *got > config_.pipeline.buffer_before_send) {
+      if (held->size() + *got > config_.pipeline.buffer_before_send) {
         co_return (void)co_await exchange.send_error(502, "ZoogateUpstreamError", "the upstream sent more bytes than it announced");
       }
-      held.insert(held.end(), chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(*got));
+      held->insert(held->end(), chunk->begin(), chunk->begin() + static_cast<ptrdiff_t>(*got));
     }
+    verifier.add(held);
   } else {
     // Larger ones stream with the newest piece held back until the next one arrives, and the last
-    // until the digest matches: on a mismatch the connection closes short, which every client treats
-    // as a failed download. Three pieces move at once: the oldest goes to the client, the newest is
-    // hashed on a worker thread (the SHA-256 costs about 0.6 core-seconds per GiB, over half of what
-    // the TLS and the sockets cost), and the next one is read. Three pieces at most are in memory.
+    // until the digest matches. While one piece goes to the client and the next is read, the newest
+    // is hashed on the worker pool (the SHA-256 costs about 0.6 core-seconds per GiB, over half of
+    // what the TLS and the sockets cost). The loop waits for a hash only before it reads into that
+    // piece's buffer again, two pieces later. Three pieces are in memory.
     using namespace asio::experimental::awaitable_operators;
-    std::vector<uint8_t> sending;  // the piece before `held`: hashed, and known not to be the last
+    Piece sending = std::make_shared<std::vector<uint8_t>>();  // the piece before `held`: not the last
+    uint64_t sending_ticket = 0;                                // its hashing ticket (0: none)
     for (;;) {
-      if (!sending.empty() && !header_sent) {
+      if (!sending->empty() && !header_sent) {
         if (!co_await exchange.send_header(header)) co_return;
         header_sent = true;
       }
-      auto [sent, got] = co_await (send_window(sending, position) &&
-                                   run_on_workers(file_workers_, &ContentVerifier::update, &verifier,
-                                                  std::span<const uint8_t>(held)) &&
-                                   body.read(chunk));
+      const uint64_t held_ticket = verifier.add(held);
+      auto [sent, got] = co_await (send_window(*sending, position) && body.read(*chunk));
       if (!sent) co_return;
-      position += sending.size();
+      position += sending->size();
       if (!got) co_return co_await upstream_failed(got.error(), header_sent);
-      if (*got == 0) break;  // `held` is the last piece, and hashed
-      chunk.resize(*got);
+      if (*got == 0) break;  // `held` is the last piece
+      chunk->resize(*got);
+      co_await verifier.wait_until_hashed(sending_ticket);  // its buffer is read into next
       std::swap(sending, held);  // the piece held back is not the last: it goes out next
-      std::swap(held, chunk);    // the new piece is held back in its place
-      chunk.resize(piece_size);
+      sending_ticket = held_ticket;
+      std::swap(held, chunk);  // the new piece is held back in its place
+      chunk->resize(piece_size);
     }
   }
-  if (auto verified = verifier.finish(); !verified) {
+  const Result<Sha256::Digest> verified = co_await verifier.finish();
+  if (!verified) {
     metrics_.count_upstream_error(verifier.complete() ? UpstreamErrorReason::kDigestMismatch
                                                       : UpstreamErrorReason::kSizeMismatch);
     const std::string mismatch = verified.error().message;
@@ -757,7 +759,7 @@ asio::awaitable<void> HubService::serve_pass_through(ClientExchange& exchange, O
     co_return;
   }
   if (!header_sent && !co_await exchange.send_header(header)) co_return;
-  co_await send_window(held, position);
+  co_await send_window(*held, position);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 // The pipeline's building blocks that need no network: the check of downloaded bytes against what
-// the upstream announced, the spool the disarm reads while the download writes, and the one-time
-// value concurrent requests wait on.
+// the upstream announced (in place and on the worker pool), the spool the disarm reads while the
+// download writes, and the one-time value concurrent requests wait on.
 #include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -9,10 +12,14 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <gtest/gtest.h>
 
 #include "common/encoding.h"
+#include "common/sha256.h"
 #include "proxy/artifact_pipeline.h"
+#include "proxy/background_verifier.h"
 #include "proxy/completion.h"
 #include "proxy/spool_file.h"
 #include "tests/proxy/temporary_folder.h"
@@ -147,6 +154,102 @@ TEST_F(SpoolFileTest, AKeptDownloadOpensFinished) {
   ASSERT_TRUE((*kept)->reader()->read_at(0, std::span(reinterpret_cast<uint8_t*>(out.data()), out.size())));
   EXPECT_EQ(out, "wxyz");
   EXPECT_FALSE(SpoolFile::open_complete(folder_.file("missing"), 4));
+}
+
+// `count` pieces of `piece_size` bytes with varied contents, and the file that announces them.
+struct ManyPieces {
+  std::vector<std::vector<uint8_t>> pieces;
+  UpstreamFile file;
+};
+
+ManyPieces many_pieces(size_t count, size_t piece_size) {
+  ManyPieces made;
+  Sha256 whole;
+  for (size_t i = 0; i < count; ++i) {
+    std::vector<uint8_t> piece(piece_size);
+    for (size_t j = 0; j < piece_size; ++j) piece[j] = static_cast<uint8_t>((i * 131 + j * 7) >> 3);
+    whole.update(piece);
+    made.pieces.push_back(std::move(piece));
+  }
+  made.file = lfs_file(to_hex(whole.finish()), count * piece_size);
+  return made;
+}
+
+using Body = std::function<boost::asio::awaitable<void>(boost::asio::thread_pool& workers)>;
+
+// Runs `body` as a coroutine on a strand of an io_context with two threads, as sessions run, with a
+// worker pool that ends before the io_context, as the server's does.
+void run_on_strand(const Body& body) {
+  boost::asio::io_context io;
+  boost::asio::thread_pool workers(4);
+  boost::asio::co_spawn(boost::asio::make_strand(io), [&] { return body(workers); }, boost::asio::detached);
+  std::thread second([&] { io.run(); });
+  io.run();
+  second.join();
+  workers.join();
+}
+
+TEST(BackgroundVerifier, HashesPiecesInOrderWhileTheCallerGoesOn) {
+  const ManyPieces input = many_pieces(64, 64 * 1024);
+  std::optional<Result<Sha256::Digest>> verdict;
+  bool complete = false;
+  run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+    BackgroundVerifier verifier(input.file, workers, co_await boost::asio::this_coro::executor);
+    uint64_t ticket = 0;
+    for (size_t i = 0; i < input.pieces.size(); ++i) {
+      ticket = verifier.add(std::make_shared<std::vector<uint8_t>>(input.pieces[i]));
+      EXPECT_EQ(ticket, i + 1);
+      if (i % 8 == 0) co_await verifier.wait_until_hashed(ticket);
+    }
+    co_await verifier.wait_until_hashed(0);  // nothing to wait for
+    verdict = co_await verifier.finish();
+    complete = verifier.complete();
+  });
+  ASSERT_TRUE(verdict.has_value());
+  ASSERT_TRUE(verdict->has_value()) << verdict->error().describe();
+  EXPECT_EQ(**verdict, *input.file.lfs_sha256);
+  EXPECT_TRUE(complete);
+}
+
+TEST(BackgroundVerifier, ReportsOtherBytesAndShortDownloads) {
+  const ManyPieces input = many_pieces(8, 4096);
+  std::optional<Result<Sha256::Digest>> changed;
+  std::optional<Result<Sha256::Digest>> short_one;
+  bool short_complete = true;
+  run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+    BackgroundVerifier verifier(input.file, workers, co_await boost::asio::this_coro::executor);
+    for (size_t i = 0; i < input.pieces.size(); ++i) {
+      auto piece = std::make_shared<std::vector<uint8_t>>(input.pieces[i]);
+      if (i == 5) (*piece)[17] ^= 1;
+      verifier.add(std::move(piece));
+    }
+    changed = co_await verifier.finish();
+  });
+  run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+    BackgroundVerifier verifier(input.file, workers, co_await boost::asio::this_coro::executor);
+    verifier.add(std::make_shared<std::vector<uint8_t>>(input.pieces[0]));
+    short_one = co_await verifier.finish();
+    short_complete = verifier.complete();
+  });
+  ASSERT_TRUE(changed.has_value());
+  ASSERT_FALSE(changed->has_value());
+  EXPECT_EQ(changed->error().code, ErrorCode::kIntegrity);
+  EXPECT_NE(changed->error().message.find("X-Linked-Etag"), std::string::npos) << changed->error().message;
+  ASSERT_TRUE(short_one.has_value());
+  ASSERT_FALSE(short_one->has_value());
+  EXPECT_EQ(short_one->error().code, ErrorCode::kIntegrity);
+  EXPECT_FALSE(short_complete);
+}
+
+TEST(BackgroundVerifier, ACallerThatEndsEarlyLeavesTheHashingSafe) {
+  // The coroutine gives up with pieces still queued (a client gone): the tasks keep what they use
+  // alive and finish after it.
+  const ManyPieces input = many_pieces(32, 256 * 1024);
+  run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+    BackgroundVerifier verifier(input.file, workers, co_await boost::asio::this_coro::executor);
+    for (const auto& piece : input.pieces) verifier.add(std::make_shared<std::vector<uint8_t>>(piece));
+    co_return;
+  });
 }
 
 TEST(Completion, AWaiterGetsTheValueOrGivesUpAtItsDeadline) {
