@@ -30,9 +30,9 @@ constexpr uint64_t kMaxStorageBytes = 1024 * kTiB;
 constexpr std::array<std::string_view, 13> kTopLevelKeys = {
     "listen", "admin_listen", "public_url", "io_threads", "worker_threads", "upstream", "cache",
     "pipeline", "mtd", "policy_file", "limits", "logging", "egress"};
-constexpr std::array<std::string_view, 8> kUpstreamKeys = {
+constexpr std::array<std::string_view, 10> kUpstreamKeys = {
     "hub_url", "redirect_hosts", "ca_bundle", "connect_timeout", "read_timeout", "retries",
-    "max_idle_connections", "max_redirects"};
+    "max_idle_connections", "max_redirects", "resolution_ttl", "max_resolutions"};
 constexpr std::array<std::string_view, 2> kCacheKeys = {"dir", "max_size"};
 constexpr std::array<std::string_view, 5> kPipelineKeys = {"client_wait", "retry_after", "max_artifact_size",
                                                            "buffer_before_send", "stream_piece_size"};
@@ -319,6 +319,8 @@ constexpr DurationRange kReadTimeout{1s, 1h};
 constexpr CountRange kRetries{0, 10};
 constexpr CountRange kMaxIdleConnections{0, 1024};
 constexpr CountRange kMaxRedirects{0, 20};
+constexpr DurationRange kResolutionTtl{0ms, 1h};
+constexpr CountRange kMaxResolutions{1, 1'000'000};
 constexpr ByteRange kCacheMaxSize{kMiB, kMaxStorageBytes};
 constexpr DurationRange kClientWait{0ms, 1h};
 constexpr DurationRange kRetryAfter{1s, 1h};  // Retry-After is sent in whole seconds
@@ -357,6 +359,8 @@ Status read_upstream(const YamlMapping& section, UpstreamConfig& upstream) {
   ZG_TRY(read_key(section, "retries", upstream.retries, kRetries));
   ZG_TRY(read_key(section, "max_idle_connections", upstream.max_idle_connections, kMaxIdleConnections));
   ZG_TRY(read_key(section, "max_redirects", upstream.max_redirects, kMaxRedirects));
+  ZG_TRY(read_key(section, "resolution_ttl", upstream.resolution_ttl, kResolutionTtl));
+  ZG_TRY(read_key(section, "max_resolutions", upstream.max_resolutions, kMaxResolutions));
   return {};
 }
 
@@ -687,6 +691,8 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   out.line(2, "retries", number(upstream.retries), kRetries.text());
   out.line(2, "max_idle_connections", number(upstream.max_idle_connections), kMaxIdleConnections.text() + " per host");
   out.line(2, "max_redirects", number(upstream.max_redirects), kMaxRedirects.text());
+  out.line(2, "resolution_ttl", duration(upstream.resolution_ttl), kResolutionTtl.text() + "; 0ms = ask every time");
+  out.line(2, "max_resolutions", number(upstream.max_resolutions), kMaxResolutions.text());
 
   out.line(0, "cache", "");
   out.line(2, "dir", yaml_quoted(config.cache.dir), "relative to the working directory");

@@ -55,6 +55,10 @@ struct UpstreamConfig {
   unsigned retries = 2;                              // idempotent requests, after a connection failure
   unsigned max_idle_connections = 32;                // keep-alive pool size per host
   unsigned max_redirects = 5;
+  // How long the Hub's answer naming a file (commit, digest, size, where its bytes are) is reused for
+  // the same file, revision and credentials; zero asks the Hub every time.
+  std::chrono::milliseconds resolution_ttl{10'000};
+  unsigned max_resolutions = 10'000;  // answers kept at once
   bool operator==(const UpstreamConfig&) const = default;
 };
 

@@ -148,12 +148,10 @@ Result<std::string> decode_content(std::string_view encoding, std::string body, 
 
 }  // namespace
 
-struct HubService::FileStart {
-  UpstreamFile file;
-  http::fields hub_headers;                  // the Hub's answer's headers, for pass-through answers
-  std::unique_ptr<UpstreamResponse> relay;   // pass this answer on as it is (error, relative redirect)
-  std::optional<Url> location;               // where to GET the file's bytes (absent with relay)
-  unsigned redirects = 0;                    // followed to learn `location`
+// The start of a file's answer: its resolution (no location with relay), or the upstream answer to
+// pass on as it is.
+struct HubService::FileStart : Resolution {
+  std::unique_ptr<UpstreamResponse> relay;  // an error or a relative redirect
 };
 
 struct HubService::Obtained {
@@ -178,7 +176,8 @@ HubService::HubService(const config::ServerConfig& config, Url hub_url, std::sha
       pipeline_(pipeline),
       cache_(cache),
       file_workers_(file_workers),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      resolutions_(config.upstream.resolution_ttl, config.upstream.max_resolutions) {}
 
 std::string HubService::public_base(const ClientExchange& exchange) const {
   // An intercepted client asked the Hub's own origin over TLS; links must send it back there.
@@ -223,6 +222,15 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
   // without sending it, so a file zoogate has, or is fetching for another client, costs no download.
   Url url = hub_url_;
   url.target = upstream_target(route);
+  // The credentials are part of the key (as a digest, so none is kept): an answer the Hub gave one
+  // user is never reused for another, which matters for gated repositories.
+  const std::string resolution_key = url.origin() + url.target + "\n" + to_hex(Sha256::of(authorization));
+  if (std::optional<Resolution> known = resolutions_.find(resolution_key)) {
+    metrics_.count_resolution_reused();
+    FileStart start;
+    static_cast<Resolution&>(start) = std::move(*known);
+    co_return start;
+  }
   auto request_for = [&](http::verb method) {
     UpstreamClient::Request request{method, url.target, 11};
     if (!authorization.empty()) request.set(http::field::authorization, authorization);
@@ -287,6 +295,7 @@ asio::awaitable<Result<HubService::FileStart>> HubService::start_file(const Reso
   if (start.file.lfs_sha256 == std::nullopt && start.file.git_blob_id.empty()) {
     co_return fail(ErrorCode::kParse, "the upstream did not name the file's content (no X-Linked-Etag, no ETag)");
   }
+  resolutions_.remember(resolution_key, static_cast<const Resolution&>(start));
   co_return start;
 }
 

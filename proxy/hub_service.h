@@ -17,16 +17,19 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <boost/beast/http/fields.hpp>
 #include <nlohmann/json.hpp>
 
 #include "config/server_config.h"
 #include "proxy/artifact_pipeline.h"
 #include "proxy/client_exchange.h"
 #include "proxy/completion.h"
+#include "proxy/expiring_memo.h"
 #include "proxy/hub_route.h"
 #include "proxy/upstream_client.h"
 
@@ -50,6 +53,14 @@ class HubService {
                                                           std::string scope);
 
  private:
+  // What the Hub's answer for a file says (the file's identity, the headers to pass on, where its
+  // bytes are), without the answer itself, so that it can be reused.
+  struct Resolution {
+    UpstreamFile file;
+    boost::beast::http::fields hub_headers;  // the Hub's answer's headers, for pass-through answers
+    std::optional<Url> location;             // where to GET the file's bytes
+    unsigned redirects = 0;                  // followed to learn `location`
+  };
   struct FileStart;
   struct Obtained;
   class IdentificationLease;
@@ -59,6 +70,8 @@ class HubService {
   boost::asio::awaitable<void> handle_zoogate(ClientExchange& exchange, std::string_view path);
 
   // `need_error_body`: an upstream error is fetched again with GET, for the explanation in its body.
+  // A resolution the Hub gave for the same URL and credentials within upstream.resolution_ttl is
+  // reused without asking again.
   boost::asio::awaitable<Result<FileStart>> start_file(const ResolveRoute& route, const std::string& authorization,
                                                        bool need_error_body);
   boost::asio::awaitable<Obtained> obtain(const ResolveRoute& route, const std::string& authorization,
@@ -80,6 +93,8 @@ class HubService {
   ArtifactCache& cache_;
   boost::asio::thread_pool& file_workers_;  // short blocking work: cache lookups and records
   Metrics& metrics_;
+  // The Hub's recent answers naming files, by upstream URL and a digest of the credentials.
+  ExpiringMemo<Resolution> resolutions_;
 
   std::mutex identifying_mutex_;
   // Files being fetched for the first time, by upstream identity: what the first request for each

@@ -250,6 +250,8 @@ Metrics::Metrics() : registry_(std::make_unique<prometheus::Registry>()) {
   }
   upstream_fetches_ =
       &counter(registry, "zoogate_upstream_fetches_total", "Whole-artifact fetches started for the pipeline");
+  resolutions_reused_ = &counter(registry, "zoogate_upstream_resolutions_reused_total",
+                                 "Files answered from a recent answer of the Hub instead of a new request");
 
   auto& verdicts = counter_family(registry, "zoogate_verdicts_total", "Files decided, by verdict and reason");
   for (size_t verdict = 0; verdict < kVerdicts; ++verdict) {
@@ -309,6 +311,7 @@ void Metrics::count_upstream_response(unsigned http_status, double seconds_to_he
 void Metrics::count_upstream_error(UpstreamErrorReason reason) { upstream_errors_[index_of(reason)]->Increment(); }
 
 void Metrics::count_upstream_fetch() { upstream_fetches_->Increment(); }
+void Metrics::count_resolution_reused() { resolutions_reused_->Increment(); }
 
 void Metrics::count_verdict(VerdictLabel verdict, ReasonLabel reason) {
   verdicts_[index_of(verdict)][index_of(reason)]->Increment();

@@ -124,6 +124,8 @@ class Metrics {
   void count_upstream_error(UpstreamErrorReason reason);
   // A whole-artifact fetch started for the pipeline.
   void count_upstream_fetch();
+  // A file was answered from a recent answer of the Hub (upstream.resolution_ttl), with no request.
+  void count_resolution_reused();
 
   void count_verdict(VerdictLabel verdict, ReasonLabel reason);
   void observe_disarm_seconds(double seconds);
@@ -171,6 +173,7 @@ class Metrics {
   prometheus::Histogram* upstream_seconds_ = nullptr;
   std::array<prometheus::Counter*, kUpstreamErrorReasons> upstream_errors_{};
   prometheus::Counter* upstream_fetches_ = nullptr;
+  prometheus::Counter* resolutions_reused_ = nullptr;
 
   std::array<std::array<prometheus::Counter*, kReasons>, kVerdicts> verdicts_{};
   prometheus::Histogram* disarm_seconds_ = nullptr;

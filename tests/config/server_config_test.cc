@@ -53,6 +53,8 @@ TEST(DefaultServerConfig, MatchesTheDocumentedDefaults) {
   EXPECT_EQ(config.upstream.retries, 2u);
   EXPECT_EQ(config.upstream.max_idle_connections, 32u);
   EXPECT_EQ(config.upstream.max_redirects, 5u);
+  EXPECT_EQ(config.upstream.resolution_ttl, milliseconds(10'000));
+  EXPECT_EQ(config.upstream.max_resolutions, 10'000u);
   EXPECT_EQ(config.cache.dir, "zoogate-cache");
   EXPECT_EQ(config.cache.max_size, 50ull << 30);
   EXPECT_EQ(config.pipeline.client_wait, milliseconds(60'000));
@@ -107,6 +109,8 @@ upstream:
   retries: 0
   max_idle_connections: 0
   max_redirects: 20
+  resolution_ttl: 0ms
+  max_resolutions: 1000000
 cache:
   dir: /var/cache/zoogate
   max_size: 2TiB
@@ -170,6 +174,8 @@ TEST(ServerConfig, ReadsEveryKey) {
   EXPECT_EQ(config.upstream.retries, 0u);
   EXPECT_EQ(config.upstream.max_idle_connections, 0u);
   EXPECT_EQ(config.upstream.max_redirects, 20u);
+  EXPECT_EQ(config.upstream.resolution_ttl, milliseconds(0));
+  EXPECT_EQ(config.upstream.max_resolutions, 1'000'000u);
 
   EXPECT_EQ(config.cache.dir, "/var/cache/zoogate");
   EXPECT_EQ(config.cache.max_size, 2ull << 40);
@@ -240,7 +246,8 @@ TEST(ServerConfig, UnknownKeysDuplicatesAndSyntaxErrorsNameTheirPosition) {
             "logging, egress)");
   EXPECT_EQ(refusal("upstream:\n  hub_url: https://hf.co\n  timeout: 5s\n"),
             "zoogate.yaml:3:3: unknown key 'timeout' in 'upstream' (allowed: hub_url, redirect_hosts, ca_bundle, "
-            "connect_timeout, read_timeout, retries, max_idle_connections, max_redirects)");
+            "connect_timeout, read_timeout, retries, max_idle_connections, max_redirects, resolution_ttl, "
+            "max_resolutions)");
   EXPECT_THAT(refusal("cache: {dir: a, size: 1GiB}"), StartsWith("zoogate.yaml:1:17: unknown key 'size' in 'cache'"));
   EXPECT_THAT(refusal("pipeline:\n  wait: 1s\n"), StartsWith("zoogate.yaml:2:3: unknown key 'wait' in 'pipeline'"));
   EXPECT_THAT(refusal("mtd:\n  secret: x\n"), StartsWith("zoogate.yaml:2:3: unknown key 'secret' in 'mtd'"));
@@ -267,6 +274,8 @@ TEST(ServerConfig, RefusesValuesOfTheWrongTypeOrOutOfRange) {
                                                              "integer from 0 to 10, got '11'"));
   EXPECT_THAT(refusal("upstream: {max_idle_connections: 1025}"), HasSubstr("from 0 to 1024"));
   EXPECT_THAT(refusal("upstream: {max_redirects: 21}"), HasSubstr("from 0 to 20"));
+  EXPECT_THAT(refusal("upstream: {resolution_ttl: 2h}"), HasSubstr("from 0ms to 1h"));
+  EXPECT_THAT(refusal("upstream: {max_resolutions: 0}"), HasSubstr("from 1 to 1000000"));
   EXPECT_EQ(refusal("upstream:\n  connect_timeout: 10\n"),
             "zoogate.yaml:2:20: 'upstream.connect_timeout' must be a duration from 100ms to 5m (digits followed "
             "by one of ms, s, m, h), got '10'");
@@ -514,7 +523,8 @@ TEST(ServerConfigToYaml, TheDefaultsReadBackToTheDefaults) {
   // Every key is written out, so that the output documents the whole file.
   for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "io_threads:", "worker_threads:",
                                "hub_url:", "redirect_hosts:", "ca_bundle:", "connect_timeout:", "read_timeout:",
-                               "retries:", "max_idle_connections:", "max_redirects:", "dir:", "max_size:",
+                               "retries:", "max_idle_connections:", "max_redirects:", "resolution_ttl:",
+                               "max_resolutions:", "dir:", "max_size:",
                                "client_wait:", "retry_after:", "max_artifact_size:", "buffer_before_send:", "stream_piece_size:",
                                "layout_variation:", "secret_file:", "epoch:", "permute_weights:",
                                "signing_key_file:", "policy_file:", "max_request_header_bytes:",

@@ -69,6 +69,10 @@ class WorldTest(unittest.TestCase):
 class Downloads(WorldTest):
     """curl and python3-requests download files; what they get is checked byte by byte."""
 
+    # Long enough that no answer of the Hub expires between two requests of one test, however slow
+    # the machine: the reuse is what test_hub_answers_are_reused_per_credentials checks.
+    zoogate_config = {"upstream": {"resolution_ttl": "10m"}}
+
     def test_safetensors_arrive_byte_identical(self):
         status, headers, body = curl(self.world.url(MODEL, "model.safetensors"))
         self.assertEqual(status, 200)
@@ -178,6 +182,31 @@ class Downloads(WorldTest):
                             for request in self.world.hub.requests(host="hub")))
         log = "\n".join(self.world.zoogate.log_lines())
         self.assertNotIn(FakeHub.TOKEN, log)
+
+    def test_hub_answers_are_reused_per_credentials(self):
+        """A file the cache holds, asked for again (HEAD then GET, as Hub clients do), is served with no
+        request to the Hub; an answer given with credentials is never reused without them."""
+        url = self.world.url(MODEL, "small.pt")
+        first = requests.get(url, timeout=120)
+        self.assertEqual(first.status_code, 200, first.text[:300])
+        resolves = self.world.hub.resolve_count(MODEL, "small.pt")
+        reused = self.world.zoogate.metric_sum("zoogate_upstream_resolutions_reused_total")
+        head = requests.head(url, timeout=60)
+        again = requests.get(url, timeout=120)
+        self.assertEqual((head.status_code, again.status_code), (200, 200))
+        self.assertEqual(head.headers["etag"], first.headers["etag"])
+        self.assertEqual(again.content, first.content)
+        self.assertEqual(self.world.hub.resolve_count(MODEL, "small.pt"), resolves)
+        self.assertEqual(self.world.zoogate.metric_sum("zoogate_upstream_resolutions_reused_total"), reused + 2)
+
+        gated = self.world.url(GATED, "pytorch_model.bin")
+        with_token = requests.get(gated, headers={"Authorization": f"Bearer {FakeHub.TOKEN}"}, timeout=120)
+        self.assertEqual(with_token.status_code, 200, with_token.text[:300])
+        resolves = self.world.hub.resolve_count(GATED, "pytorch_model.bin")
+        without = requests.get(gated, timeout=60)
+        self.assertEqual(without.status_code, 401)
+        self.assertEqual(without.headers["x-error-code"], "GatedRepo")
+        self.assertGreater(self.world.hub.resolve_count(GATED, "pytorch_model.bin"), resolves)
 
     def test_renamed_repository_redirects_relatively(self):
         status, headers, _ = curl(self.world.url(RENAMED, "config.json"))
@@ -321,7 +350,10 @@ class HubClientJs(WorldTest):
 class Faults(WorldTest):
     """Upstream misbehaviour: the client gets an error, and nothing partial is cached or served."""
 
-    zoogate_config = {"pipeline": {"client_wait": "2s", "retry_after": "1s"}, "upstream": {"read_timeout": "3s"}}
+    # Every request asks the Hub (no reuse of its answers), so that a fault armed for a file acts on
+    # the next request for it.
+    zoogate_config = {"pipeline": {"client_wait": "2s", "retry_after": "1s"},
+                      "upstream": {"read_timeout": "3s", "resolution_ttl": "0ms"}}
 
     def tearDown(self):
         self.world.hub.clear_faults()

@@ -116,6 +116,7 @@ const std::map<std::string, SpecFamily>& spec_families() {
       {"zoogate_upstream_request_duration_seconds", {"histogram", {}}},
       {"zoogate_upstream_errors_total", {"counter", {{"reason", kUpstreamErrorReasons}}}},
       {"zoogate_upstream_fetches_total", {"counter", {}}},
+      {"zoogate_upstream_resolutions_reused_total", {"counter", {}}},
       {"zoogate_verdicts_total", {"counter", {{"verdict", kVerdicts}, {"reason", kVerdictReasons}}}},
       {"zoogate_disarm_duration_seconds", {"histogram", {}}},
       {"zoogate_variation_duration_seconds", {"histogram", {}}},
@@ -270,6 +271,8 @@ TEST(Metrics, CountsUpstreamTraffic) {
   metrics->count_upstream_error(UpstreamErrorReason::kDigestMismatch);
   metrics->count_upstream_error(UpstreamErrorReason::kDigestMismatch);
   metrics->count_upstream_fetch();
+  metrics->count_resolution_reused();
+  metrics->count_resolution_reused();
   EXPECT_EQ(value_of(*metrics, "zoogate_client_bytes_sent_total"), 1024);
   EXPECT_EQ(value_of(*metrics, "zoogate_upstream_bytes_received_total"), 4096);
   EXPECT_EQ(value_of(*metrics, "zoogate_upstream_requests_total", {{"code", "2xx"}}), 1);
@@ -283,6 +286,7 @@ TEST(Metrics, CountsUpstreamTraffic) {
   EXPECT_EQ(value_of(*metrics, "zoogate_upstream_errors_total", {{"reason", "digest_mismatch"}}), 2);
   EXPECT_EQ(value_of(*metrics, "zoogate_upstream_errors_total", {{"reason", "connect"}}), 0);
   EXPECT_EQ(value_of(*metrics, "zoogate_upstream_fetches_total"), 1);
+  EXPECT_EQ(value_of(*metrics, "zoogate_upstream_resolutions_reused_total"), 2);
 }
 
 TEST(Metrics, MapsFindingsAndErrorsToBoundedReasons) {
