@@ -10,6 +10,8 @@
 // `home`, the executor it runs on. Each queued piece is shared with the hashing task, and what the
 // hashing touches lives in a state shared with the tasks, so a coroutine that ends early (a client
 // gone) leaves nothing dangling: the tasks finish on their own and release the last references.
+// Since a finishing task posts to `home`, the worker pool must be joined before home's execution
+// context is destroyed (the server joins its pools first).
 #pragma once
 
 #include <cstdint>
