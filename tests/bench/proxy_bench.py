@@ -307,9 +307,10 @@ http {{
         wait_for_port(self, self.port)
 
     @classmethod
-    def origin(cls, nginx, prefix, certificates, cdn_folder, files):
+    def origin(cls, nginx, prefix, certificates, cdn_folder, files, rate=None):
         """The minimal Hub: `GET /{repo}/resolve/main/{name}` answers 302 to
-        https://localhost:PORT/cdn/{name} with the Hub's headers; /cdn/ serves the files (with Range)."""
+        https://localhost:PORT/cdn/{name} with the Hub's headers; /cdn/ serves the files (with Range),
+        at most `rate` bytes per second per connection when given (nginx's notation, as "125m")."""
         self = cls(nginx, prefix, "nginx origin")
         self.port = free_port()
         cdn_folder = Path(cdn_folder)
@@ -336,11 +337,11 @@ http {{
         ssl_certificate %s;
         ssl_certificate_key %s;
         location /cdn/ {
-            alias %s/;
+            alias %s/;%s
         }
 %s
     }""" % ("\n        ".join(listens), certificates.cert_pem, certificates.key_pem, cdn_folder,
-           "\n".join(locations)))
+           f"\n            limit_rate {rate};" if rate else "", "\n".join(locations)))
         return self
 
     @classmethod

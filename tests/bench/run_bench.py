@@ -478,6 +478,8 @@ PASS_THROUGH_RATIO_TARGET = 0.9  # zoogate's throughput, times nginx proxy_pass'
 # zoogate's time for a cold checkpoint, times its time to pass the same number of bytes through
 # (DESIGN.md section 8: "within 1.25x the time of the same bytes passed through")
 COLD_PICKLE_RATIO_TARGET = 1.25
+# The origin's rate for proxy_cold_pickle_link: 1 Gbit/s, in nginx's notation (bytes per second).
+ORIGIN_LINK_RATE = "125m"
 CONCURRENT_RSS_BUDGET_MIB = 256
 BENCH_REPO = "bench/model"
 SMALL_BENCH_REPO = "bench/small-model"
@@ -561,13 +563,14 @@ def nginx_tool():
     return path
 
 
-def start_hub_servers(stack, folder, files):
-    """Starts, within `stack`, the origin (a minimal Hub over TLS for `files`) and the nginx that
+def start_hub_servers(stack, folder, files, origin_rate=None):
+    """Starts, within `stack`, the origin (a minimal Hub over TLS for `files`, sending at most
+    `origin_rate` bytes per second per connection when given, in nginx's notation) and the nginx that
     proxies to it; returns (certificates, origin, front)."""
     certificates = proxy_bench.TestCertificates(folder / "ca").generate(system_tool("openssl"))
     nginx = nginx_tool()
     origin = stack.enter_context(
-        proxy_bench.Nginx.origin(nginx, folder / "nginx-origin", certificates, folder / "cdn", files))
+        proxy_bench.Nginx.origin(nginx, folder / "nginx-origin", certificates, folder / "cdn", files, origin_rate))
     front = stack.enter_context(
         proxy_bench.Nginx.front(nginx, folder / "nginx-front", origin.port, certificates.ca_pem, folder / "cdn"))
     return certificates, origin, front
@@ -683,10 +686,13 @@ def bench_proxy_pass_through(options):
     return BenchResult(figures, details)
 
 
-def bench_proxy_cold_pickle(options):
+def measure_cold_pickle(options, folder, origin_rate=None):
+    """Times, in rounds, nginx proxy_pass of the checkpoint, zoogate's cold download and a cached
+    download of it (a fresh zoogate each round), and zoogate passing a safetensors file of the same
+    size through. `origin_rate` limits what the origin sends per connection (nginx `limit_rate`, as
+    "125m"), to stand for a network link. Returns the figures' inputs and the run details."""
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
-    folder = options.work / "proxy-cold-pickle"
     checkpoint = cached_llama_checkpoint(options.work, options.checkpoint_mib)
     tensors = cached_safetensors(options.work, checkpoint.stat().st_size)  # a pass-through of the same size
     for path in (checkpoint, tensors):
@@ -706,7 +712,7 @@ def bench_proxy_cold_pickle(options):
         measured[name].runs.append(run_process(command, log_path))
 
     with contextlib.ExitStack() as stack:
-        certificates, origin, front = start_hub_servers(stack, folder, [checkpoint_file, tensors_file])
+        certificates, origin, front = start_hub_servers(stack, folder, [checkpoint_file, tensors_file], origin_rate)
         log_path.write_bytes(b"")
         checked_download(front.url + checkpoint_file.cdn_path, checkpoint_file.sha256, "nginx proxy_pass")
         for round_number in range(1, options.runs + 1):
@@ -732,6 +738,18 @@ def bench_proxy_cold_pickle(options):
                 if round_number == 1:
                     checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
 
+    details = {
+        "checkpoint": {"path": str(checkpoint), "size": checkpoint_file.size, "sha256": checkpoint_file.sha256},
+        "safetensors": {"path": str(tensors), "size": tensors_file.size, "sha256": tensors_file.sha256},
+        "origin_rate": origin_rate, "served_checkpoint": served, "zoogate_pipeline_metrics": pipeline_seconds,
+        "zoogate_peak_rss_mib": zoogate_rss, "zoogate_config_sections": sections,
+        "measurements": {name: measurement.to_json() for name, measurement in measured.items()},
+    }
+    return measured, pipeline_seconds, zoogate_rss, details
+
+
+def bench_proxy_cold_pickle(options):
+    measured, pipeline_seconds, zoogate_rss, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle")
     nginx, cold, cached, passed = (measured[name].wall_seconds for name in measured)
     ratio = cold / passed
     figures = [
@@ -750,13 +768,22 @@ def bench_proxy_cold_pickle(options):
     if disarm:
         figures.append(Figure("zoogate disarm duration (its metric)", statistics.median(disarm), "s",
                               {"zoogate cold": statistics.median(disarm) / cold}))
-    details = {
-        "checkpoint": {"path": str(checkpoint), "size": checkpoint_file.size, "sha256": checkpoint_file.sha256},
-        "safetensors": {"path": str(tensors), "size": tensors_file.size, "sha256": tensors_file.sha256},
-        "served_checkpoint": served, "zoogate_pipeline_metrics": pipeline_seconds,
-        "zoogate_peak_rss_mib": zoogate_rss, "zoogate_config_sections": sections,
-        "measurements": {name: measurement.to_json() for name, measurement in measured.items()},
-    }
+    return BenchResult(figures, details)
+
+
+def bench_proxy_cold_pickle_link(options):
+    """The cold checkpoint again, with the origin sending at most ORIGIN_LINK_RATE per connection, as
+    a Hub behind a 1 Gbit/s link would: over loopback the download is faster than any real link, so
+    the fixed costs after the last byte (the rest of the disarm, serving) weigh more than they would
+    in use. An illustration beside the target, which the loopback figure is judged by."""
+    measured, _, _, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle-link",
+                                                  ORIGIN_LINK_RATE)
+    cold, passed = measured["zoogate cold"].wall_seconds, measured["zoogate safetensors pass-through"].wall_seconds
+    figures = [
+        Figure(f"origin at {ORIGIN_LINK_RATE}B/s: zoogate safetensors pass-through, wall time", passed, "s"),
+        Figure(f"origin at {ORIGIN_LINK_RATE}B/s: zoogate cold checkpoint, wall time", cold, "s",
+               {"zoogate safetensors pass-through": cold / passed}),
+    ]
     return BenchResult(figures, details)
 
 
@@ -883,6 +910,7 @@ BENCHMARKS = {
     "pickle_vm": bench_pickle_vm,
     "proxy_pass_through": bench_proxy_pass_through,
     "proxy_cold_pickle": bench_proxy_cold_pickle,
+    "proxy_cold_pickle_link": bench_proxy_cold_pickle_link,
     "proxy_concurrent": bench_proxy_concurrent,
     "proxy_egress": bench_proxy_egress,
 }
