@@ -160,12 +160,13 @@ class EntryWriter {
   // until the body's writer creates it.
   const std::string& body_path() const { return body_path_; }
 
-  // Publishes the entry: writes info.json (with `meta`) and the manifest, fsyncs them (not the body; see
-  // "Crash safety" above), and renames the staging folder into entries/. `body_sha256` is the body's digest when its writer
-  // computed it on the way (the sanitizer does), which spares a second read of the body; without it
-  // the body is hashed here. When another writer (of this or another process) published the key first,
-  // theirs is kept and returned, and this writer's files are removed. A meta that serializes to more
-  // than ArtifactCache::kMaxEntryInfoBytes is kLimitExceeded. May be called once successfully.
+  // Publishes the entry: writes info.json (with `meta`) and the manifest, fsyncs them (not the body:
+  // see "Crash safety" above), and renames the staging folder into entries/. `body_sha256` is the
+  // body's digest when its writer computed it on the way (the sanitizer does), which spares a second
+  // read of the body; without it the body is hashed here. When another writer (of this or another
+  // process) published the key first, theirs is kept and returned, and this writer's files are
+  // removed. A meta that serializes to more than ArtifactCache::kMaxEntryInfoBytes is
+  // kLimitExceeded. May be called once successfully.
   Result<CachedArtifact> commit(const nlohmann::json& meta,
                                 std::optional<std::string_view> manifest_text = std::nullopt,
                                 std::optional<Sha256::Digest> body_sha256 = std::nullopt);

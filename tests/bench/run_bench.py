@@ -102,11 +102,12 @@ class Measurement:
 
 
 def machine_busy_seconds():
-    """Core-seconds all CPUs have spent busy since boot (everything in /proc/stat's cpu line except
-    idle and iowait)."""
+    """Core-seconds all CPUs have spent busy since boot: user, nice, system, irq and softirq of
+    /proc/stat's cpu line (not idle or iowait, nor steal, time the hypervisor gave to others, nor
+    guest time, which user already counts)."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, irq, softirq = fields[0], fields[1], fields[2], fields[5], fields[6]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def run_process(command, log_path):
