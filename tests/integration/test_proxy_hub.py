@@ -453,5 +453,62 @@ class Faults(WorldTest):
         self.assert_recovers("model.safetensors", lambda data: self.assertEqual(data, self.world.safetensors))
 
 
+class StreamingFaults(WorldTest):
+    """Files larger than pipeline.buffer_before_send go out before their digest can be checked, with
+    the last piece held back until it is: a bad file must end short, without its last piece, so that
+    every client sees a failed download."""
+
+    # Every file here streams, in many pieces; every request asks the Hub, so armed faults act.
+    zoogate_config = {"pipeline": {"buffer_before_send": "0B", "stream_piece_size": "16KiB"},
+                      "upstream": {"resolution_ttl": "0ms"}}
+
+    def tearDown(self):
+        self.world.hub.clear_faults()
+
+    def download(self, path):
+        """(curl's exit status, the bytes it received) of one download of `path` through zoogate."""
+        with tempfile.TemporaryDirectory() as folder:
+            body_file = os.path.join(folder, "body")
+            completed = subprocess.run(["curl", "-sS", "--fail", "-o", body_file, self.world.url(MODEL, path)],
+                                       capture_output=True, timeout=120)
+            received = b""
+            if os.path.exists(body_file):
+                with open(body_file, "rb") as handle:
+                    received = handle.read()
+            return completed.returncode, received
+
+    def assert_whole(self):
+        status, received = self.download("model.safetensors")
+        self.assertEqual(status, 0)
+        self.assertEqual(received, self.world.safetensors)
+
+    def test_a_good_file_streams_whole(self):
+        self.assertGreater(len(self.world.safetensors), 2 * 16 * 1024)  # more than two pieces
+        self.assert_whole()
+
+    def test_a_corrupt_file_ends_short_without_its_last_piece(self):
+        before = self.world.zoogate.metric_sum("zoogate_upstream_errors_total", reason="digest_mismatch")
+        self.world.hub.inject(MODEL, "model.safetensors", Fault.corrupt())
+        status, received = self.download("model.safetensors")
+        self.assertEqual(status, 18, received[:100])  # curl: the body ended before its Content-Length
+        # Pieces before the last went out (their bytes are upstream's, flipped byte included); the
+        # last one, at least 16 KiB minus what the file's size leaves of it, never did.
+        last_piece_bytes = (len(self.world.safetensors) - 1) % (16 * 1024) + 1
+        self.assertLessEqual(len(received), len(self.world.safetensors) - last_piece_bytes)
+        self.assertGreater(self.world.zoogate.metric_sum("zoogate_upstream_errors_total", reason="digest_mismatch"),
+                           before)
+        self.world.hub.clear_faults()
+        self.assert_whole()
+
+    def test_a_reset_upstream_ends_the_download_short(self):
+        # Late enough that the answer has begun: the client cannot get a 502 any more.
+        self.world.hub.inject(MODEL, "model.safetensors", Fault.reset(after_bytes=len(self.world.safetensors) - 1000))
+        status, received = self.download("model.safetensors")
+        self.assertEqual(status, 18, received[:100])
+        self.assertLess(len(received), len(self.world.safetensors))
+        self.world.hub.clear_faults()
+        self.assert_whole()
+
+
 if __name__ == "__main__":
     unittest.main()
