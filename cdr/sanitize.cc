@@ -1,6 +1,7 @@
 #include "cdr/sanitize.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -49,6 +50,12 @@ const std::set<std::string, std::less<>> kTorchMetadataRecords = {
     "version", ".data/version", "byteorder", ".data/serialization_id", ".format_version",
     ".storage_alignment"};
 
+// Metadata records are regenerated and must be tiny: their content is a version number or a flag.
+constexpr uint64_t kMaxMetadataRecordSize = 64;
+// What a rebuilt archive's metadata records hold, as torch.save writes them.
+constexpr std::string_view kByteorderRecord = "little";
+constexpr std::string_view kVersionRecord = "3\n";
+
 // Entry names that only TorchScript archives have.
 bool is_torchscript_entry(std::string_view relative_name) {
   return relative_name == "constants.pkl" || relative_name.starts_with("code/") ||
@@ -93,11 +100,12 @@ struct RecordSource {
 };
 
 // Reads a record's bytes front to back, from a zip entry (CRC-checked when the last byte has been
-// read) or from a range of the input.
+// read) or from a range of the input (CRC computed when `compute_crc`, for a caller to check).
 class RecordReader {
  public:
-  static Result<RecordReader> open(const ByteSource& input, const RecordSource& source) {
+  static Result<RecordReader> open(const ByteSource& input, const RecordSource& source, bool compute_crc = false) {
     RecordReader reader(input, source);
+    reader.compute_crc_ = compute_crc;
     if (source.entry) {
       auto stream = ZipEntryStream::open(input, *source.entry);
       if (!stream) return tl::unexpected(stream.error());
@@ -111,9 +119,14 @@ class RecordReader {
     if (stream_) return stream_->read(out);
     size_t take = static_cast<size_t>(std::min<uint64_t>(out.size(), source_.size - done_));
     ZG_TRY(input_.read_at(source_.offset + done_, out.first(take)));
+    if (compute_crc_) crc_ = zip::crc32_update(crc_, out.first(take));
     done_ += take;
     return take;
   }
+
+  // CRC-32 of the bytes read so far: verified against the entry's for a zip entry, computed on request
+  // for a range.
+  uint32_t crc32() const { return stream_ ? stream_->crc32() : crc_; }
 
   Status read_exact(std::span<uint8_t> out) {
     while (!out.empty()) {
@@ -131,6 +144,55 @@ class RecordReader {
   RecordSource source_;
   std::optional<ZipEntryStream> stream_;
   uint64_t done_ = 0;
+  bool compute_crc_ = false;
+  uint32_t crc_ = 0;
+};
+
+// Where a rebuilt PyTorch archive's bytes go, by offset in the archive: front to back through the
+// hashing sink, or, when storages are copied as the input delivers them, anywhere in a random-access
+// sink whose content is hashed by reading it back once it is complete.
+class ArchiveOutput {
+ public:
+  ArchiveOutput(HashingSink& in_order, RandomAccessSink* out_of_order)
+      : in_order_(&in_order), out_of_order_(out_of_order), base_(in_order.position()) {}
+
+  Status put(uint64_t offset, std::span<const uint8_t> bytes) {
+    if (out_of_order_) return out_of_order_->write_at(base_ + offset, bytes);
+    if (in_order_->position() != base_ + offset) {
+      return fail(ErrorCode::kInternal, "archive record written out of order", offset);
+    }
+    return in_order_->write(bytes);
+  }
+  RandomAccessSink* out_of_order() const { return out_of_order_; }
+  uint64_t base() const { return base_; }
+
+ private:
+  HashingSink* in_order_;
+  RandomAccessSink* out_of_order_;  // null: in order
+  uint64_t base_;                   // where the archive starts in the sink
+};
+
+// The data of one archive entry, put at its planned offset as it is written, with the CRC-32 of what
+// passed when asked for.
+class EntryDataSink final : public ByteSink {
+ public:
+  EntryDataSink(ArchiveOutput& output, uint64_t offset, bool compute_crc)
+      : output_(output), offset_(offset), compute_crc_(compute_crc) {}
+  uint64_t position() const override { return written_; }
+  uint32_t crc32() const { return crc_; }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override {
+    if (compute_crc_) crc_ = zip::crc32_update(crc_, bytes);
+    ZG_TRY(output_.put(offset_ + written_, bytes));
+    written_ += bytes.size();
+    return {};
+  }
+  ArchiveOutput& output_;
+  uint64_t offset_;
+  bool compute_crc_;
+  uint32_t crc_ = 0;
+  uint64_t written_ = 0;
 };
 
 // One storage of a PyTorch checkpoint: the StorageRefValue node that names it and its bytes.
@@ -145,17 +207,60 @@ struct TorchCheckpoint {
   std::vector<StorageRecord> storages;  // in first-reference order
 };
 
+// A PyTorch archive being written: its plan and layout, fixed before any storage is copied so that
+// storages can be copied in any order, and what has been written so far.
+struct ArchiveRebuild {
+  ArchiveOutput output;
+  LayoutPlan plan;
+  ZipLayout layout;                      // data.pkl, byteorder, the storages in plan order, version
+  std::vector<size_t> entry_of_storage;  // layout entry of each storage
+  std::vector<uint32_t> crcs;            // by layout entry
+  std::vector<Sha256::Digest> digests;   // by layout entry
+  // By storage: where its bytes were copied from and their CRC-32 (unset: not copied yet).
+  struct Copied {
+    RecordSource source;
+    uint32_t crc32 = 0;
+  };
+  std::vector<std::optional<Copied>> copied;
+};
+
+// A PyTorch archive rebuilt while its input still arrives: data.pkl read from the first local record,
+// before the central directory, and the storages copied as their records arrive. Everything taken
+// from local headers is confirmed against the central directory at the end.
+struct ArrivingArchive {
+  std::string prefix;           // "<top folder>/"
+  uint64_t pickle_offset = 0;   // data.pkl's data in the input
+  uint64_t pickle_size = 0;
+  uint32_t pickle_crc = 0;
+  uint64_t next_record = 0;     // where the record after data.pkl starts
+  TorchCheckpoint checkpoint;
+  std::vector<std::string> storage_names;  // the input's record name of each storage
+  std::optional<ArchiveRebuild> rebuild;
+};
+
 // The engine's working state for one input: the report it fills and the policy it applies.
 class Sanitizer {
  public:
-  Sanitizer(const ByteSource& input, const Policy& policy, const SanitizeOptions& options, SanitizeReport& report)
-      : input_(input), policy_(policy), options_(options), report_(report) {}
+  // `random_output`, when given, is the sink run() writes to, seen as random-access.
+  Sanitizer(const ByteSource& input, const Policy& policy, const SanitizeOptions& options, SanitizeReport& report,
+            RandomAccessSink* random_output)
+      : input_(input), policy_(policy), options_(options), report_(report), random_output_(random_output) {}
 
   Status run(ByteSink& output);
 
  private:
   Status sanitize_zip(HashingSink& output);
-  Status sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output);
+  // `arriving`: the archive was rebuilt while it arrived, to be confirmed and completed; else null.
+  Status sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output, ArrivingArchive* arriving);
+  // The storages of an archive's pickle, each with its expected size; returns their record names.
+  Result<std::vector<std::string>> collect_archive_storages(TorchCheckpoint& checkpoint, const std::string& prefix);
+  // Points each storage at its directory entry and checks that every entry is accounted for.
+  Status check_archive_entries(const ZipDirectory& directory, const std::string& prefix,
+                               const std::vector<std::string>& storage_names, TorchCheckpoint& checkpoint);
+  // data.pkl from the first local record, when the input starts with one the walk can follow.
+  std::optional<ArrivingArchive> read_leading_pickle();
+  // Copies the storages whose local records arrive after data.pkl.
+  Status copy_arriving_storages(ArrivingArchive& archive);
   Status sanitize_legacy(HashingSink& output);
   Status sanitize_plain_pickle(HashingSink& output);
   Status sanitize_npy(HashingSink& output);
@@ -167,14 +272,26 @@ class Sanitizer {
   Result<std::vector<StorageRecord>> collect_storages(
       ValueTree& tree, const std::function<Result<RecordSource>(const StorageRefValue&)>& locate);
   Status write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output);
+  // Plans the archive and writes data.pkl and byteorder.
+  Result<ArchiveRebuild> begin_archive(TorchCheckpoint& checkpoint, ArchiveOutput output);
+  // Writes storage `index` (header, data from `source`, descriptor) at its planned place.
+  Status copy_storage(ArchiveRebuild& rebuild, const TorchCheckpoint& checkpoint, size_t index,
+                      const RecordSource& source);
+  // Writes version and the central directory once every storage is in; records, digest.
+  Status finish_archive(ArchiveRebuild& rebuild);
+  Status put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::span<const uint8_t> bytes);
   Result<LayoutPlan> plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages);
   static Status validate_plan(const LayoutPlan& plan, const std::vector<StorageInfo>& storages);
   Status write_safetensors_from(const TorchCheckpoint& checkpoint, HashingSink& output);
-  // Streams a record's bytes from the input into `sink`, returning the SHA-256 of what was written.
-  Result<Sha256::Digest> copy_record(const RecordSource& source, ByteSink& sink);
+  // Streams a record's bytes from the input into `sink`, returning the SHA-256 of what was written;
+  // `input_crc`, when given, receives the CRC-32 of the bytes read.
+  Result<Sha256::Digest> copy_record(const RecordSource& source, ByteSink& sink, uint32_t* input_crc = nullptr);
   Result<Sha256::Digest> copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
-                                               uint64_t element_size, ByteSink& sink);
-  Status write_small_entry(ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes);
+                                               uint64_t element_size, ByteSink& sink, uint32_t* input_crc);
+  // Reads chunks with `read` (0 at the end) and hands each to `write`, hashing them on the worker
+  // thread meanwhile: the SHA-256 of all chunks.
+  template <typename Read, typename Write>
+  Result<Sha256::Digest> hash_chunks(Read&& read, Write&& write);
   void add_record(std::string name, uint64_t size, const Sha256::Digest& digest) {
     report_.records.push_back(RecordDigest{std::move(name), size, digest});
   }
@@ -183,6 +300,8 @@ class Sanitizer {
   const Policy& policy_;
   const SanitizeOptions& options_;
   SanitizeReport& report_;
+  RandomAccessSink* random_output_;
+  std::optional<Sha256::Digest> assembled_sha256_;  // of output assembled out of order, read back
   std::vector<uint8_t> copy_buffers_[2] = {std::vector<uint8_t>(kCopyChunk), std::vector<uint8_t>(kCopyChunk)};
   AsyncSha256 record_hash_;
 };
@@ -225,14 +344,27 @@ Status Sanitizer::run(ByteSink& raw_output) {
   }
   ZG_TRY(status);
   report_.output_size = raw_output.position();
-  report_.output_sha256 = output.finish();
+  report_.output_sha256 = assembled_sha256_ ? *assembled_sha256_ : output.finish();
   return {};
 }
 
 Status Sanitizer::sanitize_zip(HashingSink& output) {
+  // A download still arriving is followed record by record, so that the storages are rebuilt while
+  // it arrives; the central directory, at the end, then confirms what the local headers said.
+  std::optional<ArrivingArchive> arriving;
+  if (random_output_ && options_.input_arrives_in_order && options_.format == OutputFormat::kNative) {
+    arriving = read_leading_pickle();
+    if (arriving) {
+      auto rebuild = begin_archive(arriving->checkpoint, ArchiveOutput(output, random_output_));
+      if (!rebuild) return tl::unexpected(rebuild.error());
+      arriving->rebuild.emplace(std::move(*rebuild));
+      ZG_TRY(copy_arriving_storages(*arriving));
+    }
+  }
   auto directory = read_zip_directory(input_, ZipLimits::from(policy_.limits));
   if (!directory) return tl::unexpected(directory.error());
-  if (directory->top_folder().empty()) return sanitize_npz(*directory, output);
+  // An arriving archive's first record has a top folder, and the directory agrees with its records.
+  if (directory->top_folder().empty() && !arriving) return sanitize_npz(*directory, output);
   for (const auto& entry : directory->entries()) {
     std::string_view relative = std::string_view(entry.name).substr(directory->top_folder().size() + 1);
     if (is_torchscript_entry(relative)) {
@@ -247,7 +379,7 @@ Status Sanitizer::sanitize_zip(HashingSink& output) {
                                              "/data.pkl is not a PyTorch checkpoint");
   }
   report_.container = "torch-zip";
-  return sanitize_torch_archive(*directory, output);
+  return sanitize_torch_archive(*directory, output, arriving ? &*arriving : nullptr);
 }
 
 Result<std::vector<StorageRecord>> Sanitizer::collect_storages(
@@ -271,52 +403,47 @@ Result<std::vector<StorageRecord>> Sanitizer::collect_storages(
   return storages;
 }
 
-Status Sanitizer::sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output) {
-  Stopwatch parse_time;
-  const std::string prefix = directory.top_folder() + "/";
-  const ZipEntry* pickle_entry = directory.find(prefix + "data.pkl");
-  if (pickle_entry->size > policy_.limits.max_pickle_size) {
-    return fail(ErrorCode::kLimitExceeded, prefix + "data.pkl is " + std::to_string(pickle_entry->size) +
-                                               " bytes, above max_pickle_size " +
-                                               std::to_string(policy_.limits.max_pickle_size));
-  }
-  // The pickle is small next to the storages and is parsed from memory; CRC checked on the way in.
-  std::vector<uint8_t> pickle_bytes(pickle_entry->size);
-  {
-    auto stream = ZipEntryStream::open(input_, *pickle_entry);
-    if (!stream) return tl::unexpected(stream.error());
-    size_t filled = 0;
-    while (true) {
-      auto got = stream->read(std::span(pickle_bytes).subspan(filled));
-      if (!got) return tl::unexpected(got.error());
-      if (*got == 0 && (filled == pickle_bytes.size())) break;
-      filled += *got;
-    }
-  }
-  MemorySource pickle_source(pickle_bytes);
-  TorchCheckpoint checkpoint;
-  auto parsed = parse(pickle_source, PersistentIdMode::kTorchArchive, prefix + "data.pkl");
-  if (!parsed) return tl::unexpected(parsed.error());
-  checkpoint.pickle = std::move(*parsed);
-
-  std::set<std::string, std::less<>> referenced;
-  auto storages = collect_storages(checkpoint.pickle.tree, [&](const StorageRefValue& storage)
-                                                               -> Result<RecordSource> {
-    std::string name = prefix + "data/" + storage.key;
-    const ZipEntry* entry = directory.find(name);
-    if (!entry) return fail(ErrorCode::kParse, "the pickle references storage " + name + ", which is missing");
-    referenced.insert(name);
-    return RecordSource{entry, entry->data_offset, entry->size};
+Result<std::vector<std::string>> Sanitizer::collect_archive_storages(TorchCheckpoint& checkpoint,
+                                                                     const std::string& prefix) {
+  // The records are found later (in the directory, or as they arrive); until then each storage's
+  // source holds only the size its elements need.
+  std::vector<std::string> names;
+  auto storages = collect_storages(checkpoint.pickle.tree, [&](const StorageRefValue& storage) -> Result<RecordSource> {
+    names.push_back(prefix + "data/" + storage.key);
+    return RecordSource{nullptr, 0, storage.numel * storage_element_size(storage.type)};  // checked by the caller
   });
   if (!storages) return tl::unexpected(storages.error());
   checkpoint.storages = std::move(*storages);
+  return names;
+}
 
+Status Sanitizer::check_archive_entries(const ZipDirectory& directory, const std::string& prefix,
+                                        const std::vector<std::string>& storage_names, TorchCheckpoint& checkpoint) {
+  std::set<std::string_view> referenced;
+  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
+    const std::string& name = storage_names[i];
+    const ZipEntry* entry = directory.find(name);
+    if (!entry) return fail(ErrorCode::kParse, "the pickle references storage " + name + ", which is missing");
+    RecordSource& source = checkpoint.storages[i].source;
+    if (entry->size != source.size) {
+      // Named by its record: a rebuild that started while the archive arrived has renamed the key.
+      const auto& storage = std::get<StorageRefValue>(checkpoint.pickle.tree.at(checkpoint.storages[i].node));
+      return fail(ErrorCode::kParse, "storage " + name + " holds " + std::to_string(entry->size) +
+                                         " bytes but its " + std::to_string(storage.numel) + " " +
+                                         storage_type_name(storage.type) + " elements need " +
+                                         std::to_string(source.size));
+    }
+    source = RecordSource{entry, entry->data_offset, entry->size};
+    referenced.insert(entry->name);
+  }
   // Every entry must be accounted for: data.pkl, a referenced storage, or a known metadata record.
   for (const auto& entry : directory.entries()) {
     std::string_view relative = std::string_view(entry.name).substr(prefix.size());
     if (relative == "data.pkl" || referenced.contains(entry.name)) continue;
     if (kTorchMetadataRecords.contains(relative)) {
-      if (entry.size > 64) return fail(ErrorCode::kParse, "metadata record " + entry.name + " is too large");
+      if (entry.size > kMaxMetadataRecordSize) {
+        return fail(ErrorCode::kParse, "metadata record " + entry.name + " is too large");
+      }
       continue;
     }
     return fail(ErrorCode::kForbidden, "entry " + entry.name +
@@ -330,9 +457,138 @@ Status Sanitizer::sanitize_torch_archive(const ZipDirectory& directory, HashingS
       return fail(ErrorCode::kUnsupported, "only little-endian PyTorch archives are accepted");
     }
   }
+  return {};
+}
+
+Status Sanitizer::sanitize_torch_archive(const ZipDirectory& directory, HashingSink& output,
+                                         ArrivingArchive* arriving) {
+  Stopwatch parse_time;
+  const std::string prefix = directory.top_folder() + "/";
+  const ZipEntry* pickle_entry = directory.find(prefix + "data.pkl");
+  TorchCheckpoint parsed_here;
+  TorchCheckpoint& checkpoint = arriving ? arriving->checkpoint : parsed_here;
+  std::vector<std::string> storage_names;
+  if (arriving) {
+    // The pickle already parsed must be exactly the directory's data.pkl.
+    if (arriving->prefix != prefix || pickle_entry->method != zip::kMethodStored ||
+        pickle_entry->data_offset != arriving->pickle_offset || pickle_entry->size != arriving->pickle_size ||
+        pickle_entry->crc32 != arriving->pickle_crc) {
+      return fail(ErrorCode::kParse, prefix + "data.pkl in the central directory is not the pickle that the first "
+                                              "local record holds (bytes after its STOP opcode?)",
+                  pickle_entry->local_header_offset);
+    }
+    storage_names = arriving->storage_names;
+  } else {
+    if (pickle_entry->size > policy_.limits.max_pickle_size) {
+      return fail(ErrorCode::kLimitExceeded, prefix + "data.pkl is " + std::to_string(pickle_entry->size) +
+                                                 " bytes, above max_pickle_size " +
+                                                 std::to_string(policy_.limits.max_pickle_size));
+    }
+    // The pickle is small next to the storages and is parsed from memory; CRC checked on the way in.
+    std::vector<uint8_t> pickle_bytes(pickle_entry->size);
+    {
+      auto reader = RecordReader::open(input_, RecordSource{pickle_entry, pickle_entry->data_offset, pickle_entry->size});
+      if (!reader) return tl::unexpected(reader.error());
+      ZG_TRY(reader->read_exact(pickle_bytes));
+      std::array<uint8_t, 1> beyond;
+      auto tail = reader->read(beyond);  // completes the stream: its CRC check
+      if (!tail) return tl::unexpected(tail.error());
+    }
+    MemorySource pickle_source(pickle_bytes);
+    auto parsed = parse(pickle_source, PersistentIdMode::kTorchArchive, prefix + "data.pkl");
+    if (!parsed) return tl::unexpected(parsed.error());
+    checkpoint.pickle = std::move(*parsed);
+    auto names = collect_archive_storages(checkpoint, prefix);
+    if (!names) return tl::unexpected(names.error());
+    storage_names = std::move(*names);
+  }
+  ZG_TRY(check_archive_entries(directory, prefix, storage_names, checkpoint));
+  report_.parse_seconds += parse_time.seconds();
+  if (!arriving) {
+    return options_.format == OutputFormat::kSafetensors ? write_safetensors_from(checkpoint, output)
+                                                         : write_torch_archive(checkpoint, output);
+  }
+  // A storage copied from the record the directory names, with the directory's CRC, stays; any other
+  // is copied (again) from the directory's entry.
+  ArchiveRebuild& rebuild = *arriving->rebuild;
+  for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
+    const RecordSource& source = checkpoint.storages[i].source;
+    const auto& copied = rebuild.copied[i];
+    if (copied && source.entry->method == zip::kMethodStored && copied->source.offset == source.offset &&
+        copied->source.size == source.size && copied->crc32 == source.entry->crc32) {
+      continue;
+    }
+    ZG_TRY(copy_storage(rebuild, checkpoint, i, source));
+  }
+  return finish_archive(rebuild);
+}
+
+std::optional<ArrivingArchive> Sanitizer::read_leading_pickle() {
+  Stopwatch parse_time;
+  constexpr std::string_view kPickleName = "data.pkl";
+  auto header = read_local_header(input_, 0);
+  if (!header || header->method != zip::kMethodStored || !header->name.ends_with(kPickleName)) return std::nullopt;
+  ArrivingArchive archive;
+  archive.prefix = header->name.substr(0, header->name.size() - kPickleName.size());
+  if (archive.prefix.size() < 2 || archive.prefix.find('/') != archive.prefix.size() - 1) return std::nullopt;
+  // Without a data descriptor the header states the pickle's size; with one (torch.save), the pickle
+  // ends at its STOP opcode, and the directory confirms that length at the end.
+  const uint64_t available = input_.size() - header->data_offset;
+  const uint64_t window = std::min({header->size.value_or(available), available, policy_.limits.max_pickle_size});
+  if (header->size && *header->size != window) return std::nullopt;
+  SubSource pickle_window(input_, header->data_offset, window);
+  auto parsed = parse(pickle_window, PersistentIdMode::kTorchArchive, header->name, !header->size.has_value());
+  if (!parsed) return std::nullopt;
+  archive.pickle_offset = header->data_offset;
+  archive.pickle_size = parsed->end_offset;
+  for (uint64_t done = 0; done < archive.pickle_size;) {
+    std::span<uint8_t> chunk(copy_buffers_[0].data(),
+                             static_cast<size_t>(std::min<uint64_t>(kCopyChunk, archive.pickle_size - done)));
+    if (!input_.read_at(archive.pickle_offset + done, chunk)) return std::nullopt;
+    archive.pickle_crc = zip::crc32_update(archive.pickle_crc, chunk);
+    done += chunk.size();
+  }
+  auto next_record = local_record_end(input_, *header, archive.pickle_size);
+  if (!next_record) return std::nullopt;
+  archive.next_record = *next_record;
+  archive.checkpoint.pickle = std::move(*parsed);
+  auto names = collect_archive_storages(archive.checkpoint, archive.prefix);
+  if (!names) return std::nullopt;
+  archive.storage_names = std::move(*names);
   report_.parse_seconds = parse_time.seconds();
-  return options_.format == OutputFormat::kSafetensors ? write_safetensors_from(checkpoint, output)
-                                                       : write_torch_archive(checkpoint, output);
+  return archive;
+}
+
+Status Sanitizer::copy_arriving_storages(ArrivingArchive& archive) {
+  std::map<std::string_view, size_t> storage_by_name;
+  for (size_t i = 0; i < archive.storage_names.size(); ++i) storage_by_name.emplace(archive.storage_names[i], i);
+  // Each step waits for one record's bytes. The walk stops, leaving the rest to the directory, at the
+  // first record it cannot follow; it never decides anything about the archive.
+  for (uint64_t records = 1, at = archive.next_record; records < policy_.limits.max_zip_entries; ++records) {
+    auto header = read_local_header(input_, at);
+    if (!header || header->method != zip::kMethodStored) return {};
+    auto storage = storage_by_name.find(header->name);
+    const bool wanted = storage != storage_by_name.end() && !archive.rebuild->copied[storage->second];
+    uint64_t size = 0;
+    if (wanted) {
+      size = archive.checkpoint.storages[storage->second].source.size;
+    } else if (header->size) {
+      size = *header->size;
+    } else {
+      auto found = find_small_stored_size(input_, *header, kMaxMetadataRecordSize);
+      if (!found) return {};
+      size = *found;
+    }
+    if ((header->size && *header->size != size) || !range_fits(header->data_offset, size, input_.size())) return {};
+    if (wanted) {
+      ZG_TRY(copy_storage(*archive.rebuild, archive.checkpoint, storage->second,
+                          RecordSource{nullptr, header->data_offset, size}));
+    }
+    auto end = local_record_end(input_, *header, size);
+    if (!end) return {};
+    at = *end;
+  }
+  return {};
 }
 
 Status Sanitizer::sanitize_legacy(HashingSink& output) {
@@ -473,24 +729,32 @@ Status Sanitizer::sanitize_plain_pickle(HashingSink& output) {
   return {};
 }
 
-Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSink& sink) {
-  auto reader = RecordReader::open(input_, source);
-  if (!reader) return tl::unexpected(reader.error());
+template <typename Read, typename Write>
+Result<Sha256::Digest> Sanitizer::hash_chunks(Read&& read, Write&& write) {
   // Two buffers take turns: while one is hashed on the worker thread and written out here, the next
-  // chunk is read into the other. The record digest then costs no time on this thread.
+  // chunk is read into the other. The digest then costs no time on this thread.
   uint64_t tickets[2] = {0, 0};
   auto drain = [&] { record_hash_.finish(); };  // the worker must be done with the buffers
   for (size_t turn = 0;; turn ^= 1) {
     std::vector<uint8_t>& buffer = copy_buffers_[turn];
     record_hash_.wait_for(tickets[turn]);
-    auto got = reader->read(buffer);
+    Result<size_t> got = read(std::span<uint8_t>(buffer));
     if (!got) return drain(), tl::unexpected(got.error());
     if (*got == 0) break;
     std::span<const uint8_t> chunk(buffer.data(), *got);
     tickets[turn] = record_hash_.update(chunk);
-    if (auto written = sink.write(chunk); !written) return drain(), tl::unexpected(written.error());
+    if (Status written = write(chunk); !written) return drain(), tl::unexpected(written.error());
   }
   return record_hash_.finish();
+}
+
+Result<Sha256::Digest> Sanitizer::copy_record(const RecordSource& source, ByteSink& sink, uint32_t* input_crc) {
+  auto reader = RecordReader::open(input_, source, input_crc != nullptr);
+  if (!reader) return tl::unexpected(reader.error());
+  auto digest = hash_chunks([&](std::span<uint8_t> out) { return reader->read(out); },
+                            [&](std::span<const uint8_t> chunk) { return sink.write(chunk); });
+  if (input_crc) *input_crc = reader->crc32();
+  return digest;
 }
 
 // gathered[j] = slab[source_index[j]] for slices of `width` bytes. Column permutations have slices of a
@@ -519,7 +783,7 @@ void gather_slices(std::span<const uint8_t> slab, const std::vector<uint32_t>& s
 }
 
 Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& source, const StorageRewrite& rewrite,
-                                                        uint64_t element_size, ByteSink& sink) {
+                                                        uint64_t element_size, ByteSink& sink, uint32_t* input_crc) {
   // The storage is [outer, shape[axis], inner] elements; each outer slab is read whole, its slices
   // gathered in the new order, and written: memory is two slabs, never the file.
   uint64_t outer = 1;
@@ -531,7 +795,7 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
   const uint64_t slices = rewrite.shape[rewrite.axis];
   std::vector<uint8_t> slab(static_cast<size_t>(slices * inner));
   std::vector<uint8_t> gathered(slab.size());
-  auto reader = RecordReader::open(input_, source);
+  auto reader = RecordReader::open(input_, source, input_crc != nullptr);
   if (!reader) return tl::unexpected(reader.error());
   Sha256 hash;
   for (uint64_t block = 0; block < outer; ++block) {
@@ -542,15 +806,8 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
   }
   auto tail = reader->read(copy_buffers_[0]);  // lets a zip stream verify its CRC at the end
   if (!tail) return tl::unexpected(tail.error());
+  if (input_crc) *input_crc = reader->crc32();
   return hash.finish();
-}
-
-Status Sanitizer::write_small_entry(ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes) {
-  ZG_TRY(zip.begin_entry(name, bytes.size()));
-  ZG_TRY(zip.write(bytes));
-  ZG_TRY(zip.end_entry());
-  add_record(name, bytes.size(), Sha256::of(bytes));
-  return {};
 }
 
 Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages) {
@@ -612,6 +869,16 @@ Status Sanitizer::validate_plan(const LayoutPlan& plan, const std::vector<Storag
 }
 
 Status Sanitizer::write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output) {
+  auto rebuild = begin_archive(checkpoint, ArchiveOutput(output, nullptr));
+  if (!rebuild) return tl::unexpected(rebuild.error());
+  for (size_t position = 0; position < checkpoint.storages.size(); ++position) {
+    const size_t i = rebuild->plan.storage_order.empty() ? position : rebuild->plan.storage_order[position];
+    ZG_TRY(copy_storage(*rebuild, checkpoint, i, checkpoint.storages[i].source));
+  }
+  return finish_archive(*rebuild);
+}
+
+Result<ArchiveRebuild> Sanitizer::begin_archive(TorchCheckpoint& checkpoint, ArchiveOutput output) {
   Stopwatch write_time;
   report_.output_format = "torch-zip";
   ValueTree& tree = checkpoint.pickle.tree;
@@ -630,32 +897,95 @@ Status Sanitizer::write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& 
   ZG_TRY(write_pickle(tree, write_options, pickle_bytes));
 
   const std::string& folder = plan->archive_folder;
-  ZipWriter zip(output);
-  ZG_TRY(write_small_entry(zip, folder + "/data.pkl", pickle_bytes.bytes()));
-  ZG_TRY(write_small_entry(zip, folder + "/byteorder", as_bytes("little")));
+  std::vector<ZipLayout::PlannedEntry> entries = {{folder + "/data.pkl", pickle_bytes.position()},
+                                                  {folder + "/byteorder", kByteorderRecord.size()}};
+  std::vector<size_t> entry_of_storage(count);
   for (size_t position = 0; position < count; ++position) {
-    size_t i = plan->storage_order.empty() ? position : plan->storage_order[position];
-    const StorageRecord& storage = checkpoint.storages[i];
-    const auto& ref = std::get<StorageRefValue>(tree.at(storage.node));
-    const std::optional<StorageRewrite>* rewrite = plan->rewrites.empty() ? nullptr : &plan->rewrites[i];
-    std::string name = folder + "/data/" + ref.key;
-    // An archive entry's CRC is verified by the stream that reads it, so the writer can reuse it
-    // when the bytes pass unchanged.
-    std::optional<uint32_t> known_crc;
-    if (storage.source.entry && !(rewrite && *rewrite)) known_crc = storage.source.entry->crc32;
-    ZG_TRY(zip.begin_entry(name, storage.source.size, known_crc));
-    ZipEntrySink entry_sink(zip);
-    auto digest = rewrite && *rewrite
-                      ? copy_rewritten_record(storage.source, **rewrite, storage_element_size(ref.type), entry_sink)
-                      : copy_record(storage.source, entry_sink);
-    if (!digest) return tl::unexpected(digest.error());
-    ZG_TRY(zip.end_entry());
-    add_record(std::move(name), storage.source.size, *digest);
+    const size_t i = plan->storage_order.empty() ? position : plan->storage_order[position];
+    const auto& ref = std::get<StorageRefValue>(tree.at(checkpoint.storages[i].node));
+    entry_of_storage[i] = entries.size();
+    entries.push_back({folder + "/data/" + ref.key, checkpoint.storages[i].source.size});
   }
-  ZG_TRY(write_small_entry(zip, folder + "/version", as_bytes("3\n")));
-  ZG_TRY(zip.finish());
-  report_.notes.insert(report_.notes.end(), plan->notes.begin(), plan->notes.end());
-  report_.write_seconds = write_time.seconds();
+  entries.push_back({folder + "/version", kVersionRecord.size()});
+  auto layout = ZipLayout::plan(std::move(entries));
+  if (!layout) return tl::unexpected(layout.error());
+  const size_t entry_count = layout->entry_count();
+  ArchiveRebuild rebuild{output, std::move(*plan), std::move(*layout), std::move(entry_of_storage),
+                         std::vector<uint32_t>(entry_count), std::vector<Sha256::Digest>(entry_count),
+                         std::vector<std::optional<ArchiveRebuild::Copied>>(count)};
+  ZG_TRY(put_small_entry(rebuild, 0, pickle_bytes.bytes()));
+  ZG_TRY(put_small_entry(rebuild, 1, as_bytes(kByteorderRecord)));
+  report_.write_seconds += write_time.seconds();
+  return rebuild;
+}
+
+Status Sanitizer::put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::span<const uint8_t> bytes) {
+  const uint32_t crc = zip::crc32_update(0, bytes);
+  ZG_TRY(rebuild.output.put(rebuild.layout.header_offset(entry), rebuild.layout.local_header(entry)));
+  ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry), bytes));
+  ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry) + bytes.size(), rebuild.layout.data_descriptor(entry, crc)));
+  rebuild.crcs[entry] = crc;
+  rebuild.digests[entry] = Sha256::of(bytes);
+  return {};
+}
+
+Status Sanitizer::copy_storage(ArchiveRebuild& rebuild, const TorchCheckpoint& checkpoint, size_t index,
+                               const RecordSource& source) {
+  Stopwatch write_time;
+  const auto& ref = std::get<StorageRefValue>(checkpoint.pickle.tree.at(checkpoint.storages[index].node));
+  const StorageRewrite* rewrite =
+      rebuild.plan.rewrites.empty() || !rebuild.plan.rewrites[index] ? nullptr : &*rebuild.plan.rewrites[index];
+  const size_t entry = rebuild.entry_of_storage[index];
+  const ZipLayout& layout = rebuild.layout;
+  ZG_TRY(rebuild.output.put(layout.header_offset(entry), layout.local_header(entry)));
+  // Bytes that pass unchanged have the input's CRC, verified by the zip stream or computed on the way.
+  EntryDataSink data(rebuild.output, layout.data_offset(entry), /*compute_crc=*/rewrite != nullptr);
+  uint32_t input_crc = 0;
+  auto digest = rewrite ? copy_rewritten_record(source, *rewrite, storage_element_size(ref.type), data, &input_crc)
+                        : copy_record(source, data, &input_crc);
+  if (!digest) return tl::unexpected(digest.error());
+  if (data.position() != layout.size(entry)) {
+    return fail(ErrorCode::kInternal, "storage " + layout.name(entry) + " was copied with a wrong size");
+  }
+  const uint32_t crc = rewrite ? data.crc32() : input_crc;
+  ZG_TRY(rebuild.output.put(layout.data_offset(entry) + layout.size(entry), layout.data_descriptor(entry, crc)));
+  rebuild.crcs[entry] = crc;
+  rebuild.digests[entry] = *digest;
+  rebuild.copied[index] = ArchiveRebuild::Copied{source, input_crc};
+  report_.write_seconds += write_time.seconds();
+  return {};
+}
+
+Status Sanitizer::finish_archive(ArchiveRebuild& rebuild) {
+  Stopwatch write_time;
+  const ZipLayout& layout = rebuild.layout;
+  if (std::find(rebuild.copied.begin(), rebuild.copied.end(), std::nullopt) != rebuild.copied.end()) {
+    return fail(ErrorCode::kInternal, "archive finished before every storage was copied");
+  }
+  const size_t version = layout.entry_count() - 1;
+  ZG_TRY(put_small_entry(rebuild, version, as_bytes(kVersionRecord)));
+  auto directory = layout.central_directory(rebuild.crcs);
+  if (!directory) return tl::unexpected(directory.error());
+  ZG_TRY(rebuild.output.put(layout.central_directory_offset(), *directory));
+  for (size_t entry = 0; entry < layout.entry_count(); ++entry) {
+    add_record(layout.name(entry), layout.size(entry), rebuild.digests[entry]);
+  }
+  report_.notes.insert(report_.notes.end(), rebuild.plan.notes.begin(), rebuild.plan.notes.end());
+  if (RandomAccessSink* assembled = rebuild.output.out_of_order()) {
+    const uint64_t base = rebuild.output.base();
+    const uint64_t size = layout.central_directory_offset() + directory->size();
+    auto digest = hash_chunks(
+        [&, done = uint64_t{0}](std::span<uint8_t> out) mutable -> Result<size_t> {
+          const size_t take = static_cast<size_t>(std::min<uint64_t>(out.size(), size - done));
+          ZG_TRY(assembled->read_back(base + done, out.first(take)));
+          done += take;
+          return take;
+        },
+        [](std::span<const uint8_t>) -> Status { return {}; });
+    if (!digest) return tl::unexpected(digest.error());
+    assembled_sha256_ = *digest;
+  }
+  report_.write_seconds += write_time.seconds();
   return {};
 }
 
@@ -928,8 +1258,10 @@ Status Sanitizer::sanitize_safetensors(HashingSink& output) {
 
 }  // namespace
 
-SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
-                        ByteSink& output) {
+namespace {
+
+SanitizeReport sanitize_into(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                             ByteSink& output, RandomAccessSink* random_output) {
   SanitizeReport report;
   report.input_size = input.size();
   // Unless the caller already knows it, the input digest is computed on a second thread while the
@@ -938,7 +1270,7 @@ SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const San
   if (!options.known_input_sha256) {
     input_digest = std::async(std::launch::async, [&input] { return Sha256::of_range(input, 0, input.size()); });
   }
-  Sanitizer sanitizer(input, policy, options, report);
+  Sanitizer sanitizer(input, policy, options, report, random_output);
   Status status = sanitizer.run(output);
   Result<Sha256::Digest> digest = options.known_input_sha256 ? *options.known_input_sha256 : input_digest.get();
   if (digest) {
@@ -958,6 +1290,18 @@ SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const San
   report.records.clear();
   report.notes.clear();
   return report;
+}
+
+}  // namespace
+
+SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                        ByteSink& output) {
+  return sanitize_into(input, policy, options, output, nullptr);
+}
+
+SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                        RandomAccessSink& output) {
+  return sanitize_into(input, policy, options, output, &output);
 }
 
 }  // namespace zoogate::cdr

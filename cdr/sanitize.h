@@ -77,7 +77,11 @@ struct SanitizeOptions {
   const LayoutPlanner* layout = nullptr;
   // The input's SHA-256 when the caller has already computed it (to key a variant, or while
   // receiving the file): reported as is instead of hashing the input once more.
-  std::optional<Sha256::Digest> known_input_sha256;
+  std::optional<Sha256::Digest> known_input_sha256;  // The input is still arriving, front to back (a download being spooled, read through a source whose
+  // reads wait for the bytes). With a RandomAccessSink output, a PyTorch archive is then rebuilt as its
+  // records arrive, each storage written where the layout puts it, instead of after the central
+  // directory at the end; the result is the same bytes and the same verdict either way.
+  bool input_arrives_in_order = false;
 };
 
 // One record of the written file: a tensor storage, a pickle, or a metadata record.
@@ -106,5 +110,8 @@ struct SanitizeReport {
 
 SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
                         ByteSink& output);
+// The same, into output that can be assembled out of order (see input_arrives_in_order).
+SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
+                        RandomAccessSink& output);
 
 }  // namespace zoogate::cdr

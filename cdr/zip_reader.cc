@@ -676,6 +676,95 @@ const ZipEntry* ZipDirectory::find(std::string_view name) const {
   return &entries_[*it];
 }
 
+Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset) {
+  if (!range_fits(offset, kLocalHeaderSize, source.size())) {
+    return fail(ErrorCode::kParse, "no room for a local header", offset);
+  }
+  auto fixed = source.read_vector(offset, kLocalHeaderSize);
+  if (!fixed) return fail(fixed.error());
+  const uint8_t* h = fixed->data();
+  if (load_u32(h) != kLocalHeaderSignature) return fail(ErrorCode::kParse, "no local header here", offset);
+  LocalHeader header;
+  header.header_offset = offset;
+  header.flags = load_u16(h + kLocalFlags);
+  header.method = load_u16(h + kLocalMethod);
+  ZG_TRY(check_flags_and_method(header.flags, header.method, "local header", offset));
+  const uint16_t name_length = load_u16(h + kLocalNameLength);
+  const uint16_t extra_length = load_u16(h + kLocalExtraLength);
+  const uint64_t name_offset = offset + kLocalHeaderSize;
+  if (!range_fits(name_offset, size_t{name_length} + extra_length, source.size())) {
+    return fail(ErrorCode::kParse, "local header runs past the end of the file", offset);
+  }
+  auto variable = source.read_vector(name_offset, size_t{name_length} + extra_length);
+  if (!variable) return fail(variable.error());
+  header.name.assign(reinterpret_cast<const char*>(variable->data()), name_length);
+  const uint64_t extra_offset = name_offset + name_length;
+  auto extra = parse_extra_fields(std::span<const uint8_t>(*variable).subspan(name_length), extra_offset,
+                                  "local header of " + quoted(header.name));
+  if (!extra) return fail(extra.error());
+  LocalZip64 zip64;
+  if (extra->zip64) {
+    auto parsed = parse_local_zip64(*extra->zip64, quoted(header.name), extra_offset);
+    if (!parsed) return fail(parsed.error());
+    zip64 = *parsed;
+  }
+  header.zip64_extra = extra->zip64.has_value();
+  header.data_offset = extra_offset + extra_length;
+  if (!(header.flags & kFlagDataDescriptor)) {
+    auto resolve = [](uint32_t value, std::optional<uint64_t> wide) -> std::optional<uint64_t> {
+      if (value != kSentinel32) return value;
+      return wide;
+    };
+    header.crc32 = load_u32(h + kLocalCrc);
+    header.compressed_size = resolve(load_u32(h + kLocalCompressedSize), zip64.compressed_size);
+    header.size = resolve(load_u32(h + kLocalSize), zip64.size);
+    if (!header.compressed_size || !header.size) {
+      return fail(ErrorCode::kParse, "local header of " + quoted(header.name) + " defers a size to a missing zip64 field",
+                  offset);
+    }
+  }
+  return header;
+}
+
+Result<uint64_t> local_record_end(const ByteSource& source, const LocalHeader& header, uint64_t compressed_size) {
+  auto data_end = checked_add(header.data_offset, compressed_size);
+  if (!data_end || *data_end > source.size()) {
+    return fail(ErrorCode::kParse, "data of " + quoted(header.name) + " runs past the end of the file", header.data_offset);
+  }
+  if (!(header.flags & kFlagDataDescriptor)) return *data_end;
+  const uint64_t length = 4 + 4 + (header.zip64_extra ? 16 : 8);
+  if (!range_fits(*data_end, length, source.size())) {
+    return fail(ErrorCode::kParse, "data descriptor of " + quoted(header.name) + " runs past the end of the file",
+                *data_end);
+  }
+  auto signature = source.read_vector(*data_end, 4);
+  if (!signature) return fail(signature.error());
+  if (load_u32(signature->data()) != kDataDescriptorSignature) {
+    return fail(ErrorCode::kUnsupported, "data descriptor of " + quoted(header.name) + " has no signature", *data_end);
+  }
+  return *data_end + length;
+}
+
+Result<uint64_t> find_small_stored_size(const ByteSource& source, const LocalHeader& header, uint64_t max_size) {
+  const size_t descriptor_length = 4 + 4 + (header.zip64_extra ? 16 : 8);
+  const uint64_t available = source.size() > header.data_offset ? source.size() - header.data_offset : 0;
+  auto bytes = source.read_vector(header.data_offset,
+                                  static_cast<size_t>(std::min<uint64_t>(max_size + descriptor_length, available)));
+  if (!bytes) return fail(bytes.error());
+  for (size_t size = 0; size <= max_size && size + descriptor_length <= bytes->size(); ++size) {
+    const uint8_t* d = bytes->data() + size;
+    if (load_u32(d) != kDataDescriptorSignature) continue;
+    const uint64_t compressed = header.zip64_extra ? load_u64(d + 8) : load_u32(d + 8);
+    const uint64_t stated = header.zip64_extra ? load_u64(d + 16) : load_u32(d + 12);
+    if (compressed == size && stated == size && load_u32(d + 4) == crc32_update(0, std::span(bytes->data(), size))) {
+      return size;
+    }
+  }
+  return fail(ErrorCode::kParse, "no data descriptor within " + std::to_string(max_size) + " bytes of " +
+                                     quoted(header.name),
+              header.data_offset);
+}
+
 Result<ZipDirectory> read_zip_directory(const ByteSource& source, const ZipLimits& limits) {
   if (source.size() < kLocalHeaderSize + kEndOfCentralDirSize) {
     return fail(ErrorCode::kParse, "file of " + std::to_string(source.size()) + " bytes is too small for a zip archive",

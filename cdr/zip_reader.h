@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -79,6 +80,34 @@ class ZipDirectory {
 
 // Reads and validates everything but the entry data (which ZipEntryStream checks as it streams).
 Result<ZipDirectory> read_zip_directory(const ByteSource& source, const ZipLimits& limits);
+
+// A local header read ahead of the central directory, by a reader that follows an archive while it is
+// still arriving (the CDR engine copies storages as a download delivers them). Nothing in it has been
+// checked against the central directory: a caller must confirm everything it used against the entry
+// read_zip_directory() gives once the archive is complete, and must not trust it before.
+struct LocalHeader {
+  std::string name;
+  uint64_t header_offset = 0;
+  uint64_t data_offset = 0;
+  uint16_t flags = 0;
+  uint16_t method = 0;
+  bool zip64_extra = false;  // a zip64 extra field: a data descriptor's sizes are then 8 bytes each
+  // The header's CRC and sizes; nullopt sizes when a data descriptor after the data carries them.
+  uint32_t crc32 = 0;
+  std::optional<uint64_t> compressed_size;
+  std::optional<uint64_t> size;
+};
+
+// The local header at `offset`. kParse when none starts there (the central directory, or other bytes)
+// or it is malformed; kUnsupported for flags or methods the strict reader refuses.
+Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset);
+// Where the record of `header` ends if its data is `compressed_size` bytes: after the data and, when the
+// header defers its sizes, after the data descriptor, which must have the signed form (torch.save's).
+Result<uint64_t> local_record_end(const ByteSource& source, const LocalHeader& header, uint64_t compressed_size);
+// The size of a small stored entry whose header defers its sizes to a data descriptor: the one length up
+// to `max_size` after which a signed descriptor states that length and the CRC of the bytes before it.
+// kParse when no length fits.
+Result<uint64_t> find_small_stored_size(const ByteSource& source, const LocalHeader& header, uint64_t max_size);
 
 // Yields the uncompressed bytes of one entry in caller-sized chunks, never holding the entry in memory.
 // Stored data is read straight into the caller's buffer (pass about 1 MiB for full speed); deflated data

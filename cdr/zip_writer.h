@@ -65,10 +65,6 @@ class ZipWriter {
   Status guarded(Step&& step);
   Status emit(const std::vector<uint8_t>& bytes);
   uint64_t archive_position() const { return sink_.position() - base_; }
-  bool sizes_need_zip64(uint64_t size) const;
-  bool offset_needs_zip64(uint64_t offset) const;
-  void append_central_header(std::vector<uint8_t>& out, const Entry& entry) const;
-  void append_end_records(std::vector<uint8_t>& out, uint64_t cd_offset, uint64_t cd_size) const;
 
   ByteSink& sink_;
   const ZipWriterOptions options_;
@@ -80,6 +76,46 @@ class ZipWriter {
   uint64_t entry_written_ = 0;  // bytes of the open entry written so far
   bool finished_ = false;
   bool failed_ = false;
+};
+
+// The records of an archive whose entry names and sizes are all known before any data is written, in
+// exactly the bytes ZipWriter writes for the same entries, CRCs and options (archive offsets from 0).
+// Every record's place is fixed up front, so an entry's data can be written whenever it is at hand, in
+// any order (the CDR engine copies storages as a download delivers them), and its descriptor right after
+// it once its CRC is known. Immutable after plan(); safe to share between threads.
+class ZipLayout {
+ public:
+  struct PlannedEntry {
+    std::string name;
+    uint64_t size = 0;
+  };
+  // Checks the names as ZipWriter does (zip::EntryNames); at least one entry.
+  static Result<ZipLayout> plan(std::vector<PlannedEntry> entries, ZipWriterOptions options = {});
+
+  size_t entry_count() const { return entries_.size(); }
+  const std::string& name(size_t index) const { return entries_.at(index).name; }
+  uint64_t size(size_t index) const { return entries_.at(index).size; }
+  uint64_t header_offset(size_t index) const { return entries_.at(index).header_offset; }
+  uint64_t data_offset(size_t index) const { return entries_.at(index).data_offset; }
+  // Bytes at header_offset(i), up to data_offset(i).
+  std::vector<uint8_t> local_header(size_t index) const;
+  // Bytes at data_offset(i) + size(i), right after the data.
+  std::vector<uint8_t> data_descriptor(size_t index, uint32_t crc32) const;
+  uint64_t central_directory_offset() const { return central_directory_offset_; }
+  // The central directory and end records, at central_directory_offset(), given every entry's CRC-32
+  // (one per entry, in order, else kInvalidArgument); they end the archive.
+  Result<std::vector<uint8_t>> central_directory(std::span<const uint32_t> crc32s) const;
+
+ private:
+  struct Placed {
+    std::string name;
+    uint64_t size = 0;
+    uint64_t header_offset = 0;
+    uint64_t data_offset = 0;
+  };
+  ZipWriterOptions options_;
+  std::vector<Placed> entries_;
+  uint64_t central_directory_offset_ = 0;
 };
 
 }  // namespace zoogate::cdr

@@ -7,11 +7,13 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/checked.h"
 #include "common/encoding.h"
 
 namespace zoogate {
@@ -21,6 +23,20 @@ constexpr size_t kFileBufferSize = 1 << 20;
 
 Status MemorySink::write_bytes(std::span<const uint8_t> bytes) {
   bytes_.insert(bytes_.end(), bytes.begin(), bytes.end());
+  return {};
+}
+
+Status MemorySink::write_at(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (offset > bytes_.max_size() - bytes.size()) return fail(ErrorCode::kLimitExceeded, "write past memory", offset);
+  const size_t end = static_cast<size_t>(offset) + bytes.size();
+  if (end > bytes_.size()) bytes_.resize(end);
+  std::copy(bytes.begin(), bytes.end(), bytes_.begin() + static_cast<ptrdiff_t>(offset));
+  return {};
+}
+
+Status MemorySink::read_back(uint64_t offset, std::span<uint8_t> out) {
+  if (!range_fits(offset, out.size(), bytes_.size())) return fail(ErrorCode::kInternal, "read back past the end", offset);
+  std::copy_n(bytes_.begin() + static_cast<ptrdiff_t>(offset), out.size(), out.begin());
   return {};
 }
 
@@ -56,7 +72,7 @@ Result<std::unique_ptr<AtomicFileSink>> AtomicFileSink::create(const std::string
   uint8_t suffix[8];
   for (auto& byte : suffix) byte = static_cast<uint8_t>(entropy());
   std::string temp_path = path + ".tmp-" + to_hex(suffix);
-  int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  int fd = ::open(temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return fail(ErrorCode::kIo, "cannot create " + temp_path + ": " + std::strerror(errno));
   return std::unique_ptr<AtomicFileSink>(new AtomicFileSink(fd, path, std::move(temp_path)));
 }
@@ -69,22 +85,43 @@ AtomicFileSink::~AtomicFileSink() {
   if (!committed_) ::unlink(temp_path_.c_str());
 }
 
-Status AtomicFileSink::write_all(std::span<const uint8_t> bytes) {
+Status AtomicFileSink::write_all_at(uint64_t offset, std::span<const uint8_t> bytes) {
   while (!bytes.empty()) {
-    ssize_t n = ::write(fd_, bytes.data(), bytes.size());
+    ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(ErrorCode::kIo, "write to " + temp_path_ + " failed: " + std::strerror(errno));
     }
-    written_ += static_cast<uint64_t>(n);
+    offset += static_cast<uint64_t>(n);
     bytes = bytes.subspan(static_cast<size_t>(n));
   }
+  written_ = std::max(written_, offset);
   return {};
 }
 
 Status AtomicFileSink::flush() {
-  ZG_TRY(write_all(std::span<const uint8_t>(buffer_.data(), buffered_)));
-  buffered_ = 0;
+  const size_t buffered = std::exchange(buffered_, 0);
+  return write_all_at(written_, std::span<const uint8_t>(buffer_.data(), buffered));
+}
+
+Status AtomicFileSink::write_at(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (committed_) return fail(ErrorCode::kInternal, "write after commit to " + path_);
+  ZG_TRY(flush());
+  return write_all_at(offset, bytes);
+}
+
+Status AtomicFileSink::read_back(uint64_t offset, std::span<uint8_t> out) {
+  if (committed_) return fail(ErrorCode::kInternal, "read back after commit of " + path_);
+  ZG_TRY(flush());
+  if (!range_fits(offset, out.size(), written_)) return fail(ErrorCode::kInternal, "read back past the end", offset);
+  while (!out.empty()) {
+    ssize_t n = ::pread(fd_, out.data(), out.size(), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(ErrorCode::kIo, "read back of " + temp_path_ + " failed: " + std::strerror(errno), offset);
+    if (n == 0) return fail(ErrorCode::kIo, temp_path_ + " is shorter than what was written to it", offset);
+    offset += static_cast<uint64_t>(n);
+    out = out.subspan(static_cast<size_t>(n));
+  }
   return {};
 }
 
@@ -94,7 +131,7 @@ Status AtomicFileSink::write_bytes(std::span<const uint8_t> bytes) {
   // memory pass over every tensor byte.
   if (bytes.size() >= buffer_.size()) {
     ZG_TRY(flush());
-    return write_all(bytes);
+    return write_all_at(written_, bytes);
   }
   while (!bytes.empty()) {
     if (buffered_ == buffer_.size()) ZG_TRY(flush());

@@ -1,8 +1,9 @@
-// Sequential output for writers.
+// Output for writers.
 //
-// Writers produce bytes front to back through this interface; they never seek. position() is the
-// number of bytes accepted so far, which writers use for alignment and offsets. A sink is used by one
-// thread at a time.
+// Writers produce bytes front to back through ByteSink; they never seek. position() is the number of
+// bytes accepted so far, which writers use for alignment and offsets. A RandomAccessSink can also be
+// written at any offset and read back, for output assembled out of order. A sink is used by one thread
+// at a time.
 #pragma once
 
 #include <cstdint>
@@ -32,12 +33,25 @@ class ByteSink {
   virtual Status write_bytes(std::span<const uint8_t> bytes) = 0;
 };
 
+// A sink whose bytes can also be written at any offset and read back: the CDR engine assembles a
+// rebuilt archive in one, writing each tensor storage at its planned place as the input delivers it.
+// position() is the end of the furthest byte written, and write() appends there; bytes never written
+// (a hole not yet filled) read as zeros.
+class RandomAccessSink : public ByteSink {
+ public:
+  virtual Status write_at(uint64_t offset, std::span<const uint8_t> bytes) = 0;
+  // Fills `out` with the bytes at [offset, offset + out.size()), which must lie before position().
+  virtual Status read_back(uint64_t offset, std::span<uint8_t> out) = 0;
+};
+
 // Collects everything in memory (tests, small pickles).
-class MemorySink final : public ByteSink {
+class MemorySink final : public RandomAccessSink {
  public:
   uint64_t position() const override { return bytes_.size(); }
   const std::vector<uint8_t>& bytes() const { return bytes_; }
   std::vector<uint8_t> take() { return std::move(bytes_); }
+  Status write_at(uint64_t offset, std::span<const uint8_t> bytes) override;
+  Status read_back(uint64_t offset, std::span<uint8_t> out) override;
 
  private:
   Status write_bytes(std::span<const uint8_t> bytes) override;
@@ -85,7 +99,7 @@ class HashingSink final : public ByteSink {
 // a partial file. If the sink is destroyed without a successful commit(), the temporary file is removed:
 // a failed or blocked run leaves nothing behind. commit() does not fsync: the rename never exposes a
 // partial file to readers (as with cp or torch.save), and callers that need more verify what they read.
-class AtomicFileSink final : public ByteSink {
+class AtomicFileSink final : public RandomAccessSink {
  public:
   static Result<std::unique_ptr<AtomicFileSink>> create(const std::string& path, unsigned mode = 0644);
   ~AtomicFileSink() override;
@@ -93,21 +107,24 @@ class AtomicFileSink final : public ByteSink {
   AtomicFileSink& operator=(const AtomicFileSink&) = delete;
 
   uint64_t position() const override { return written_ + buffered_; }
+  Status write_at(uint64_t offset, std::span<const uint8_t> bytes) override;
+  Status read_back(uint64_t offset, std::span<uint8_t> out) override;
   // Flushes the file and renames it into place.
   Status commit();
 
  private:
   AtomicFileSink(int fd, std::string path, std::string temp_path);
   Status write_bytes(std::span<const uint8_t> bytes) override;
-  Status write_all(std::span<const uint8_t> bytes);
+  // Writes all of `bytes` at `offset` of the file; written_ becomes at least their end.
+  Status write_all_at(uint64_t offset, std::span<const uint8_t> bytes);
   Status flush();
 
   int fd_;
   std::string path_;
   std::string temp_path_;
   std::vector<uint8_t> buffer_;  // write-behind buffer so small writes do not become syscalls
-  size_t buffered_ = 0;
-  uint64_t written_ = 0;
+  size_t buffered_ = 0;   // bytes in buffer_, which go at written_
+  uint64_t written_ = 0;  // end of the furthest byte in the file
   bool committed_ = false;
 };
 

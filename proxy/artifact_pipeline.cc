@@ -158,6 +158,7 @@ class ArtifactPipeline::Job {
   // spool), or removed (a temporary file).
   std::unique_ptr<SpoolWriter> spool_writer;
   bool temporary_spool = false;
+  bool spool_arriving = false;     // the spool fills from this job's download (else it was complete)
   bool download_verified = false;  // set by the disarm once the whole download checked out
   std::atomic<bool> abandoned{false};  // set when the download is no longer needed
   Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
@@ -300,6 +301,7 @@ std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start(const Upstr
     return job->outcome;
   }
   job->spool = std::move(*spool);
+  job->spool_arriving = true;
   asio::co_spawn(io_executor, download(job, std::move(body)), asio::detached);
   asio::post(disarm_workers_, [this, job] { finish_job(job, disarm(*job)); });
   return job->outcome;
@@ -408,6 +410,8 @@ ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
   cdr::SanitizeOptions options;
   options.layout = timed_planner ? &*timed_planner : nullptr;
   options.known_input_sha256 = upstream_sha256;
+  // A PyTorch archive is then rebuilt as its records arrive: the answer is ready soon after the last byte.
+  options.input_arrives_in_order = job.spool_arriving;
   const auto started = std::chrono::steady_clock::now();
   std::unique_ptr<ByteSource> input = job.spool->reader();
   cdr::SanitizeReport report = cdr::sanitize(*input, job.policy, options, **sink);

@@ -4,8 +4,10 @@
 //   download (I/O thread) -> spool file -> sanitize with layout variation (worker) -> manifest, signed
 //   -> cache entry (atomic) -> every waiting client
 //
-// The disarm reads the spool while the download is still writing it, so that for formats whose parser
-// can start at the first byte the answer is ready soon after the last byte. The bytes received must
+// The disarm reads the spool while the download is still writing it, so that the answer is ready soon
+// after the last byte: pickles and legacy files are parsed front to back, and a PyTorch archive's
+// storages are copied into the rebuilt file as their records arrive (cdr::SanitizeOptions::
+// input_arrives_in_order), the central directory at the end confirming them. The bytes received must
 // match the upstream's digest (X-Linked-Etag for LFS files, the git blob id otherwise); on a mismatch,
 // a broken download or a lying length nothing is cached and every waiting client gets a 502.
 //

@@ -1,6 +1,5 @@
 // A file that one writer fills while readers already read what has arrived: the spool that lets the
-// disarm run while an upstream download is still coming in (for the formats whose parser can start
-// at the first byte; a zip parser waits for its central directory at the end).
+// disarm run while an upstream download is still coming in.
 //
 // Thread safety: one writer (append, finish) and any number of readers on other threads. Readers
 // block in read_at() until the bytes they ask for have arrived or the spool has failed, so they must

@@ -2,6 +2,9 @@
 // it enforces above the individual parsers (entries accounted for, storages present and sized right,
 // TorchScript, byte order, unknown content). Real files from PyTorch are covered by
 // tests/integration; here each rule gets a minimal, exact case.
+#include <algorithm>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +15,7 @@
 #include "cdr/pickle_writer.h"
 #include "cdr/safetensors.h"
 #include "cdr/sanitize.h"
+#include "cdr/zip_format.h"
 #include "cdr/zip_reader.h"
 #include "cdr/zip_writer.h"
 #include "common/sha256.h"
@@ -23,6 +27,13 @@ namespace {
 using Bytes = std::vector<uint8_t>;
 
 Bytes bytes_of(std::string_view text) { return Bytes(text.begin(), text.end()); }
+
+// What a Python script printed as hex.
+Bytes from_hex(const std::string& hex) {
+  Bytes out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
+}
 
 // state_dict-like tree: OrderedDict{"w": 2x2 float tensor over storage "7", "wt": its transpose,
 // `extra_key`: `extra_value` when given}.
@@ -72,12 +83,35 @@ struct Outcome {
   Bytes output;
 };
 
+// Runs the engine on a finished file, and again as the proxy runs it on a download still arriving
+// (input_arrives_in_order, into a random-access sink), which must give the same: verdict and error
+// code, and for a rebuilt file the same bytes and records.
 Outcome run(const Bytes& input, const Policy& policy = Policy{}, SanitizeOptions options = {}) {
   MemorySource source(input);
-  MemorySink sink;
   Outcome result;
-  result.report = sanitize(source, policy, options, sink);
-  result.output = sink.take();
+  {
+    MemorySink sink;
+    result.report = sanitize(source, policy, options, sink);
+    result.output = sink.take();
+  }
+  options.input_arrives_in_order = true;
+  MemorySink arriving_sink;
+  SanitizeReport arriving = sanitize(source, policy, options, arriving_sink);
+  EXPECT_EQ(arriving.verdict, result.report.verdict) << (arriving.error ? arriving.error->describe() : "");
+  if (arriving.error && result.report.error) {
+    EXPECT_EQ(arriving.error->code, result.report.error->code);
+  }
+  if (result.report.verdict != Verdict::kBlocked) {
+    EXPECT_EQ(arriving_sink.bytes(), result.output) << "the arriving rebuild wrote other bytes";
+    EXPECT_EQ(arriving.output_sha256, result.report.output_sha256);
+    EXPECT_EQ(arriving.output_size, result.report.output_size);
+    EXPECT_EQ(arriving.findings.size(), result.report.findings.size());
+    EXPECT_EQ(arriving.records.size(), result.report.records.size());
+    for (size_t i = 0; i < std::min(arriving.records.size(), result.report.records.size()); ++i) {
+      EXPECT_EQ(arriving.records[i].name, result.report.records[i].name);
+      EXPECT_EQ(arriving.records[i].sha256, result.report.records[i].sha256) << arriving.records[i].name;
+    }
+  }
   return result;
 }
 
@@ -246,6 +280,187 @@ TEST(Sanitize, BlocksNpzMembersThatAreNotPlainArrays) {
   expect_blocked(run(archive({{"weights.npy", bytes_of("\x80\x02N.")}})), ErrorCode::kParse, "weights.npy");
 }
 
+// A state dict of `count` tensors of 4 floats, each over its own storage (keys "0", "1", ...), and its
+// entries in torch.save's order for PyTorch 2 (pickle, byteorder, storages, version).
+ValueTree multi_storage_tree(size_t count) {
+  ValueTree tree;
+  OrderedDictValue dict;
+  for (size_t i = 0; i < count; ++i) {
+    NodeId storage = tree.add(StorageRefValue{StorageType::kFloat, std::to_string(i), "cpu", 4});
+    NodeId tensor = tree.add(TensorValue{storage, 0, {4}, {1}, false, false, std::nullopt});
+    dict.items.emplace_back(tree.add(StrValue{"t" + std::to_string(i)}), tensor);
+  }
+  tree.root = tree.add(std::move(dict));
+  return tree;
+}
+
+std::vector<std::pair<std::string, Bytes>> multi_storage_entries(size_t count) {
+  std::vector<std::pair<std::string, Bytes>> entries = {{"ckpt/data.pkl", pickle_of(multi_storage_tree(count))},
+                                                        {"ckpt/byteorder", bytes_of("little")}};
+  for (size_t i = 0; i < count; ++i) {
+    Bytes storage = kStorage;
+    storage[0] = static_cast<uint8_t>(i + 1);
+    entries.emplace_back("ckpt/data/" + std::to_string(i), storage);
+  }
+  entries.emplace_back("ckpt/version", bytes_of("3\n"));
+  return entries;
+}
+
+// Writes the storages in reverse order, as a layout variation may: the arriving rebuild then fills the
+// output back to front.
+class ReversingPlanner final : public LayoutPlanner {
+ public:
+  Result<LayoutPlan> plan(const ValueTree&, const std::vector<StorageInfo>& storages) const override {
+    LayoutPlan plan;
+    for (size_t i = storages.size(); i-- > 0;) plan.storage_order.push_back(i);
+    return plan;
+  }
+};
+
+// Remembers every read, to show in what order the engine consumed its input.
+class RecordingSource final : public ByteSource {
+ public:
+  explicit RecordingSource(const Bytes& bytes) : bytes_(bytes) {}
+  uint64_t size() const override { return bytes_.size(); }
+  Status read_at(uint64_t offset, std::span<uint8_t> out) const override {
+    std::lock_guard lock(mutex_);
+    reads_.emplace_back(offset, out.size());
+    return MemorySource(bytes_).read_at(offset, out);
+  }
+  std::vector<std::pair<uint64_t, size_t>> reads() const {
+    std::lock_guard lock(mutex_);
+    return reads_;
+  }
+
+ private:
+  const Bytes& bytes_;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::pair<uint64_t, size_t>> reads_;
+};
+
+// Sanitizes `input` as an arriving download, and returns the reads it made.
+std::vector<std::pair<uint64_t, size_t>> arriving_reads(const Bytes& input, const LayoutPlanner* planner) {
+  RecordingSource source(input);
+  SanitizeOptions options;
+  options.layout = planner;
+  options.input_arrives_in_order = true;
+  options.known_input_sha256 = Sha256::of(input);  // no second reader
+  MemorySink sink;
+  SanitizeReport report = sanitize(source, Policy{}, options, sink);
+  EXPECT_EQ(report.verdict, Verdict::kClean) << report.error->describe();
+  return source.reads();
+}
+
+// A download is rebuilt while it arrives: every storage is copied before the engine reads anything of
+// the central directory at the end, whether the writer put sizes in the local headers (Python's
+// zipfile) or in data descriptors (torch.save, ZipWriter). The result is the finished file's.
+TEST(Sanitize, RebuildsAnArrivingArchiveBeforeItsCentralDirectory) {
+  const auto entries = multi_storage_entries(4);
+  const Bytes descriptors = archive(entries);
+  std::map<std::string, std::string> files;
+  std::string names;
+  for (const auto& [name, data] : entries) {
+    std::string flat = name;
+    std::replace(flat.begin(), flat.end(), '/', '_');
+    files[flat] = std::string(data.begin(), data.end());
+    names += name + " ";
+  }
+  files["names"] = names;
+  auto zipfile_run = testing::run_python(R"(
+import sys, zipfile
+folder = sys.argv[1]
+with zipfile.ZipFile(folder + "/out.zip", "w") as z:
+    for name in open(folder + "/names").read().split():
+        z.writestr(name, open(folder + "/" + name.replace("/", "_"), "rb").read())
+sys.stdout.write(open(folder + "/out.zip", "rb").read().hex())
+)", files);
+  ASSERT_EQ(zipfile_run.exit_code, 0) << zipfile_run.output;
+  const Bytes sizes_in_headers = from_hex(zipfile_run.output);
+  ReversingPlanner reversing;
+  for (const Bytes* input : {&descriptors, &sizes_in_headers}) {
+    MemorySource source(*input);
+    auto directory = read_zip_directory(source, ZipLimits{});
+    ASSERT_TRUE(directory) << directory.error().describe();
+    const uint64_t directory_offset = directory->entries().back().data_offset + directory->entries().back().size;
+    for (const LayoutPlanner* planner : {static_cast<const LayoutPlanner*>(nullptr),
+                                         static_cast<const LayoutPlanner*>(&reversing)}) {
+      const auto reads = arriving_reads(*input, planner);
+      // Content detection and the pickle parser read ahead from the front; the directory's reads are
+      // the first that start inside it.
+      auto first_directory_read = std::find_if(reads.begin(), reads.end(), [&](const auto& read) {
+        return read.first >= directory_offset;
+      });
+      ASSERT_NE(first_directory_read, reads.end());
+      for (const ZipEntry& entry : directory->entries()) {
+        if (!entry.name.starts_with("ckpt/data/")) continue;
+        auto copied = std::find_if(reads.begin(), first_directory_read, [&](const auto& read) {
+          return read.first == entry.data_offset && read.second == entry.size;
+        });
+        EXPECT_NE(copied, first_directory_read) << entry.name << " was not copied before the central directory";
+      }
+      SanitizeOptions options;
+      options.layout = planner;
+      Outcome result = run(*input, Policy{}, options);  // compares with the finished file's rebuild
+      ASSERT_EQ(result.report.verdict, Verdict::kClean);
+    }
+  }
+}
+
+// The walk that follows an arriving archive reads local headers the central directory has not yet
+// confirmed. Here a metadata record's content holds a decoy: a data descriptor that makes the record
+// look empty, then a local header for storage ckpt/data/0 over other bytes. The walk copies the decoy;
+// the directory then names the real record, which replaces it, so the output is the finished file's.
+TEST(Sanitize, AnArrivingRecordTheDirectoryDoesNotConfirmIsCopiedAgain) {
+  Bytes decoy;
+  zip::append_u32(decoy, zip::kDataDescriptorSignature);
+  zip::append_u32(decoy, 0);  // CRC of nothing
+  zip::append_u32(decoy, 0);
+  zip::append_u32(decoy, 0);
+  const std::string storage_name = "ckpt/data/0";
+  zip::append_u32(decoy, zip::kLocalHeaderSignature);
+  zip::append_u16(decoy, zip::kVersionDefault);
+  zip::append_u16(decoy, 0);  // no flags: sizes in the header
+  zip::append_u16(decoy, zip::kMethodStored);
+  zip::append_u32(decoy, 0);  // time and date
+  zip::append_u32(decoy, 0x12345678);
+  zip::append_u32(decoy, static_cast<uint32_t>(kStorage.size()));
+  zip::append_u32(decoy, static_cast<uint32_t>(kStorage.size()));
+  zip::append_u16(decoy, static_cast<uint16_t>(storage_name.size()));
+  zip::append_u16(decoy, 0);
+  zip::append_bytes(decoy, storage_name);
+  ASSERT_LE(decoy.size(), 64u) << "a metadata record holds at most 64 bytes";
+
+  auto entries = multi_storage_entries(1);
+  entries.insert(entries.begin() + 1, {"ckpt/.data/serialization_id", decoy});
+  const Bytes input = archive(entries);
+  MemorySource source(input);
+  auto directory = read_zip_directory(source, ZipLimits{});
+  ASSERT_TRUE(directory) << directory.error().describe();
+  const ZipEntry* decoy_record = directory->find("ckpt/.data/serialization_id");
+  const uint64_t decoy_data = decoy_record->data_offset + decoy.size();  // where the decoy header's data starts
+
+  const auto reads = arriving_reads(input, nullptr);
+  EXPECT_TRUE(std::any_of(reads.begin(), reads.end(), [&](const auto& read) {
+    return read.first == decoy_data && read.second == kStorage.size();
+  })) << "the walk did not follow the decoy, so this test shows nothing";
+  Outcome result = run(input);  // compares with the finished file's rebuild
+  ASSERT_EQ(result.report.verdict, Verdict::kClean) << result.report.error->describe();
+  EXPECT_EQ(result.report.records[2].name, "archive/data/0");
+  Bytes real_storage = kStorage;
+  real_storage[0] = 1;
+  EXPECT_EQ(result.report.records[2].sha256, Sha256::of(real_storage));
+}
+
+// A data.pkl with bytes after its STOP opcode is refused whether or not the archive is still arriving
+// (the arriving walk reads the pickle up to STOP; the directory then states a longer record).
+TEST(Sanitize, BlocksBytesAfterThePickleInAnArrivingArchive) {
+  auto entries = multi_storage_entries(2);
+  entries[0].second.push_back('N');
+  Outcome result = run(archive(entries));
+  ASSERT_EQ(result.report.verdict, Verdict::kBlocked);
+  EXPECT_EQ(result.report.error->code, ErrorCode::kParse) << result.report.error->describe();
+}
+
 // The legacy format, as Debian's PyTorch writes it, becomes a current archive; a byte appended after
 // the last storage, or a storage cut short, blocks it.
 TEST(Sanitize, RebuildsLegacyFilesAndRefusesTamperedOnes) {
@@ -257,10 +472,7 @@ torch.save(state, sys.argv[1] + "/legacy.pt", _use_new_zipfile_serialization=Fal
 sys.stdout.write(open(sys.argv[1] + "/legacy.pt", "rb").read().hex())
 )");
   ASSERT_EQ(python.exit_code, 0) << python.output;
-  Bytes legacy;
-  for (size_t i = 0; i + 1 < python.output.size(); i += 2) {
-    legacy.push_back(static_cast<uint8_t>(std::stoi(python.output.substr(i, 2), nullptr, 16)));
-  }
+  const Bytes legacy = from_hex(python.output);
   Outcome result = run(legacy);
   ASSERT_EQ(result.report.verdict, Verdict::kClean) << result.report.error->describe();
   EXPECT_EQ(result.report.container, "torch-legacy");

@@ -113,6 +113,47 @@ TEST(ZipWriter, OutputIsDeterministicWhateverTheChunkingOrCrcSource) {
   EXPECT_EQ(write_archive(entries, {}, 4097, /*give_crc=*/true), reference);
 }
 
+// A ZipLayout's records, each entry placed in reverse order into a random-access sink, must be exactly
+// ZipWriter's bytes: the CDR engine relies on that to write storages as they arrive.
+Bytes place_in_reverse(const Entries& entries, ZipWriterOptions options) {
+  std::vector<ZipLayout::PlannedEntry> planned;
+  for (const auto& [name, content] : entries) planned.push_back({name, content.size()});
+  auto layout = ZipLayout::plan(planned, options);
+  EXPECT_TRUE(layout) << layout.error().describe();
+  if (!layout) return {};
+  MemorySink sink;
+  std::vector<uint32_t> crcs(entries.size());
+  for (size_t i = entries.size(); i-- > 0;) {
+    crcs[i] = crc_of(entries[i].second);
+    EXPECT_TRUE(sink.write_at(layout->data_offset(i), as_bytes(entries[i].second)));
+    EXPECT_TRUE(sink.write_at(layout->data_offset(i) + layout->size(i), layout->data_descriptor(i, crcs[i])));
+    EXPECT_TRUE(sink.write_at(layout->header_offset(i), layout->local_header(i)));
+  }
+  auto directory = layout->central_directory(crcs);
+  EXPECT_TRUE(directory);
+  EXPECT_TRUE(sink.write_at(layout->central_directory_offset(), *directory));
+  return sink.take();
+}
+
+TEST(ZipLayout, PlacedInAnyOrderGivesZipWritersBytes) {
+  const Entries entries = various_sizes();
+  for (bool zip64 : {false, true}) {
+    SCOPED_TRACE(zip64);
+    EXPECT_EQ(place_in_reverse(entries, {.force_zip64 = zip64}), write_archive(entries, {.force_zip64 = zip64}));
+  }
+}
+
+TEST(ZipLayout, RefusesWhatZipWriterRefuses) {
+  EXPECT_FALSE(ZipLayout::plan({}));
+  auto duplicate = ZipLayout::plan({{"archive/a", 1}, {"archive/A", 1}});
+  ASSERT_FALSE(duplicate);
+  EXPECT_EQ(duplicate.error().code, ErrorCode::kForbidden);
+  EXPECT_FALSE(ZipLayout::plan({{"archive/a", UINT64_MAX - 10}})) << "an archive past 2^64 bytes cannot be laid out";
+  auto layout = ZipLayout::plan({{"archive/a", 1}, {"archive/b", 2}});
+  ASSERT_TRUE(layout);
+  EXPECT_FALSE(layout->central_directory(std::vector<uint32_t>{1})) << "one CRC per entry";
+}
+
 TEST(ZipWriter, LaysEntriesOutLikeTorchSave) {
   const Bytes bytes = write_archive({{"archive/data.pkl", "abc"}, {"archive/version", "3\n"}});
   // Local header: version 2.0, data descriptor + UTF-8 flags, stored, fixed date, zero CRC and sizes.

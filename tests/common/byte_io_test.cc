@@ -80,6 +80,42 @@ TEST(AtomicFileSink, CommitPublishesAndAbandonLeavesNothing) {
   EXPECT_EQ(*digest, Sha256::of(big));
 }
 
+// Both random-access sinks keep one contract: pieces land where they are written, in any order,
+// mixed with appends, and read back as written; holes read as zeros until filled.
+void exercise_random_access(RandomAccessSink& sink) {
+  ASSERT_TRUE(sink.write(std::string_view("head")));
+  const std::vector<uint8_t> far = {7, 8, 9};
+  ASSERT_TRUE(sink.write_at(10, far));
+  EXPECT_EQ(sink.position(), 13u);
+  ASSERT_TRUE(sink.write(std::string_view("!")));  // appends at the furthest end
+  ASSERT_TRUE(sink.write_at(4, std::vector<uint8_t>{1, 2}));
+  std::vector<uint8_t> all(14);
+  ASSERT_TRUE(sink.read_back(0, all));
+  EXPECT_EQ(all, (std::vector<uint8_t>{'h', 'e', 'a', 'd', 1, 2, 0, 0, 0, 0, 7, 8, 9, '!'}));
+  std::vector<uint8_t> past(2);
+  EXPECT_FALSE(sink.read_back(13, past)) << "reading past what was written must fail";
+}
+
+TEST(RandomAccessSink, MemorySinkPlacesPiecesAnywhere) {
+  MemorySink memory;
+  exercise_random_access(memory);
+  EXPECT_EQ(memory.bytes().size(), 14u);
+}
+
+TEST(RandomAccessSink, AtomicFileSinkPlacesPiecesAnywhereAndCommitsThem) {
+  TempDir dir;
+  std::string target = (dir.path() / "assembled.bin").string();
+  auto sink = AtomicFileSink::create(target);
+  ASSERT_TRUE(sink);
+  exercise_random_access(**sink);
+  ASSERT_TRUE((*sink)->commit());
+  auto source = FileSource::open(target);
+  ASSERT_TRUE(source);
+  auto bytes = (*source)->read_vector(0, 14);
+  ASSERT_TRUE(bytes);
+  EXPECT_EQ(*bytes, (std::vector<uint8_t>{'h', 'e', 'a', 'd', 1, 2, 0, 0, 0, 0, 7, 8, 9, '!'}));
+}
+
 TEST(FileSource, MissingFileIsAnIoError) {
   auto source = FileSource::open("/nonexistent/zoogate");
   ASSERT_FALSE(source);

@@ -4,7 +4,10 @@
 //
 // Invariants checked beyond "no crash, no leak, no sanitizer report":
 //   - a verdict other than blocked comes with output whose size and digest the report states;
-//   - the engine accepts its own output and rebuilds it to the same bytes (a fixpoint).
+//   - the engine accepts its own output and rebuilds it to the same bytes (a fixpoint);
+//   - run as on a download still arriving (input_arrives_in_order: a PyTorch archive is followed by its
+//     local headers before the central directory confirms them), it gives the same verdict and, when
+//     it rebuilds the file, the same bytes.
 #include <cstdint>
 #include <cstdlib>
 
@@ -31,7 +34,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   zoogate::MemorySource input(std::span<const uint8_t>(data, size));
   zoogate::MemorySink output;
   auto report = zoogate::cdr::sanitize(input, policy, zoogate::cdr::SanitizeOptions{}, output);
+  zoogate::cdr::SanitizeOptions arriving_options;
+  arriving_options.input_arrives_in_order = true;
+  zoogate::MemorySink arriving_output;
+  auto arriving = zoogate::cdr::sanitize(input, policy, arriving_options, arriving_output);
+  if (arriving.verdict != report.verdict) std::abort();
   if (report.verdict == zoogate::cdr::Verdict::kBlocked) return 0;
+  if (arriving_output.bytes() != output.bytes() || arriving.output_sha256 != report.output_sha256) std::abort();
   if (report.output_size != output.bytes().size() ||
       report.output_sha256 != zoogate::Sha256::of(output.bytes())) {
     std::abort();
