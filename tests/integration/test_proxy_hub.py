@@ -453,6 +453,23 @@ class Faults(WorldTest):
         self.assert_recovers("model.safetensors", lambda data: self.assertEqual(data, self.world.safetensors))
 
 
+class ArrivingCheckpoint(WorldTest):
+    """A cold PyTorch checkpoint is disarmed while it downloads: the disarm follows the archive's
+    records as they arrive, and the central directory at the end confirms them."""
+
+    zoogate_config = {"upstream": {"resolution_ttl": "0ms"}}
+
+    def test_a_checkpoint_arriving_in_small_pieces_is_rebuilt_whole(self):
+        # About 35 KiB in 2 KiB pieces, 20 ms apart: the disarm waits for each record as it comes.
+        self.world.hub.inject(MODEL, "pytorch_model.bin", Fault.slow_drip(chunk_bytes=2048, interval=0.02))
+        status, headers, body = curl(self.world.url(MODEL, "pytorch_model.bin"))
+        self.assertEqual(status, 200, body[:300])
+        self.assertEqual(headers["x-zoogate-verdict"], "clean")
+        self.assertEqual(headers["etag"].strip('"'), sha256(body))
+        self.assertEqual(load_weights_only(body), flatten(self.world.weights))
+        self.assertEqual(self.world.hub.fetch_count(MODEL, "pytorch_model.bin"), 1)
+
+
 class StreamingFaults(WorldTest):
     """Files larger than pipeline.buffer_before_send go out before their digest can be checked, with
     the last piece held back until it is: a bad file must end short, without its last piece, so that
