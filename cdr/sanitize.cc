@@ -164,12 +164,49 @@ class ArchiveOutput {
     return in_order_->write(bytes);
   }
   RandomAccessSink* out_of_order() const { return out_of_order_; }
-  uint64_t base() const { return base_; }
+  // Bytes of an out-of-order archive already written.
+  Status read_back(uint64_t offset, std::span<uint8_t> out) const {
+    if (!out_of_order_) return fail(ErrorCode::kInternal, "read back of an archive written in order", offset);
+    return out_of_order_->read_back(base_ + offset, out);
+  }
 
  private:
   HashingSink* in_order_;
   RandomAccessSink* out_of_order_;  // null: in order
   uint64_t base_;                   // where the archive starts in the sink
+};
+
+// The SHA-256 of an archive assembled out of order, taken front to back as far as the archive is
+// complete, so that much of it is hashed while later records still arrive. It reads back what it
+// hashes; the hashing runs on a worker thread.
+class AssembledDigest {
+ public:
+  // Hashes the archive's bytes [hashed(), end), which must all have been written.
+  Status extend_to(const ArchiveOutput& output, uint64_t end) {
+    while (hashed_ < end) {
+      std::vector<uint8_t>& buffer = buffers_[turn_];
+      hash_.wait_for(tickets_[turn_]);
+      const std::span<uint8_t> chunk(buffer.data(), static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - hashed_)));
+      ZG_TRY(output.read_back(hashed_, chunk));
+      tickets_[turn_] = hash_.update(chunk);
+      hashed_ += chunk.size();
+      turn_ ^= 1;
+    }
+    return {};
+  }
+  uint64_t hashed() const { return hashed_; }
+  // The digest of the bytes hashed; the digest then starts over from the archive's first byte.
+  Sha256::Digest finish() {
+    hashed_ = 0;
+    return hash_.finish();
+  }
+
+ private:
+  std::vector<uint8_t> buffers_[2] = {std::vector<uint8_t>(kCopyChunk), std::vector<uint8_t>(kCopyChunk)};
+  uint64_t tickets_[2] = {0, 0};
+  size_t turn_ = 0;
+  uint64_t hashed_ = 0;
+  AsyncSha256 hash_;  // last member: its worker stops before the buffers go
 };
 
 // The data of one archive entry, put at its planned offset as it is written, with the CRC-32 of what
@@ -216,12 +253,17 @@ struct ArchiveRebuild {
   std::vector<size_t> entry_of_storage;  // layout entry of each storage
   std::vector<uint32_t> crcs;            // by layout entry
   std::vector<Sha256::Digest> digests;   // by layout entry
+  std::vector<bool> written;             // by layout entry: header, data and descriptor are in place
   // By storage: where its bytes were copied from and their CRC-32 (unset: not copied yet).
   struct Copied {
     RecordSource source;
     uint32_t crc32 = 0;
   };
   std::vector<std::optional<Copied>> copied;
+  // Out of order only: the digest of the complete front of the archive, which covers the entries
+  // before `entries_hashed`.
+  std::unique_ptr<AssembledDigest> digest;
+  size_t entries_hashed = 0;
 };
 
 // A PyTorch archive rebuilt while its input still arrives: data.pkl read from the first local record,
@@ -280,6 +322,8 @@ class Sanitizer {
   // Writes version and the central directory once every storage is in; records, digest.
   Status finish_archive(ArchiveRebuild& rebuild);
   Status put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::span<const uint8_t> bytes);
+  // Out of order: extends the archive's digest over the entries complete from the front.
+  Status hash_complete_front(ArchiveRebuild& rebuild);
   Result<LayoutPlan> plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages);
   static Status validate_plan(const LayoutPlan& plan, const std::vector<StorageInfo>& storages);
   Status write_safetensors_from(const TorchCheckpoint& checkpoint, HashingSink& output);
@@ -583,6 +627,7 @@ Status Sanitizer::copy_arriving_storages(ArrivingArchive& archive) {
     if (wanted) {
       ZG_TRY(copy_storage(*archive.rebuild, archive.checkpoint, storage->second,
                           RecordSource{nullptr, header->data_offset, size}));
+      ZG_TRY(hash_complete_front(*archive.rebuild));
     }
     auto end = local_record_end(input_, *header, size);
     if (!end) return {};
@@ -910,9 +955,16 @@ Result<ArchiveRebuild> Sanitizer::begin_archive(TorchCheckpoint& checkpoint, Arc
   auto layout = ZipLayout::plan(std::move(entries));
   if (!layout) return tl::unexpected(layout.error());
   const size_t entry_count = layout->entry_count();
-  ArchiveRebuild rebuild{output, std::move(*plan), std::move(*layout), std::move(entry_of_storage),
-                         std::vector<uint32_t>(entry_count), std::vector<Sha256::Digest>(entry_count),
-                         std::vector<std::optional<ArchiveRebuild::Copied>>(count)};
+  ArchiveRebuild rebuild{output,
+                         std::move(*plan),
+                         std::move(*layout),
+                         std::move(entry_of_storage),
+                         std::vector<uint32_t>(entry_count),
+                         std::vector<Sha256::Digest>(entry_count),
+                         std::vector<bool>(entry_count, false),
+                         std::vector<std::optional<ArchiveRebuild::Copied>>(count),
+                         output.out_of_order() ? std::make_unique<AssembledDigest>() : nullptr,
+                         0};
   ZG_TRY(put_small_entry(rebuild, 0, pickle_bytes.bytes()));
   ZG_TRY(put_small_entry(rebuild, 1, as_bytes(kByteorderRecord)));
   report_.write_seconds += write_time.seconds();
@@ -926,6 +978,7 @@ Status Sanitizer::put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::sp
   ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry) + bytes.size(), rebuild.layout.data_descriptor(entry, crc)));
   rebuild.crcs[entry] = crc;
   rebuild.digests[entry] = Sha256::of(bytes);
+  rebuild.written[entry] = true;
   return {};
 }
 
@@ -937,6 +990,10 @@ Status Sanitizer::copy_storage(ArchiveRebuild& rebuild, const TorchCheckpoint& c
       rebuild.plan.rewrites.empty() || !rebuild.plan.rewrites[index] ? nullptr : &*rebuild.plan.rewrites[index];
   const size_t entry = rebuild.entry_of_storage[index];
   const ZipLayout& layout = rebuild.layout;
+  if (rebuild.digest && entry < rebuild.entries_hashed) {  // copied again: what was hashed changes
+    (void)rebuild.digest->finish();
+    rebuild.entries_hashed = 0;
+  }
   ZG_TRY(rebuild.output.put(layout.header_offset(entry), layout.local_header(entry)));
   // Bytes that pass unchanged have the input's CRC, verified by the zip stream or computed on the way.
   EntryDataSink data(rebuild.output, layout.data_offset(entry), /*compute_crc=*/rewrite != nullptr);
@@ -951,9 +1008,19 @@ Status Sanitizer::copy_storage(ArchiveRebuild& rebuild, const TorchCheckpoint& c
   ZG_TRY(rebuild.output.put(layout.data_offset(entry) + layout.size(entry), layout.data_descriptor(entry, crc)));
   rebuild.crcs[entry] = crc;
   rebuild.digests[entry] = *digest;
+  rebuild.written[entry] = true;
   rebuild.copied[index] = ArchiveRebuild::Copied{source, input_crc};
   report_.write_seconds += write_time.seconds();
   return {};
+}
+
+Status Sanitizer::hash_complete_front(ArchiveRebuild& rebuild) {
+  const ZipLayout& layout = rebuild.layout;
+  size_t entry = rebuild.entries_hashed;
+  while (entry < layout.entry_count() && rebuild.written[entry]) ++entry;
+  rebuild.entries_hashed = entry;
+  const uint64_t end = entry < layout.entry_count() ? layout.header_offset(entry) : layout.central_directory_offset();
+  return rebuild.digest->extend_to(rebuild.output, end);
 }
 
 Status Sanitizer::finish_archive(ArchiveRebuild& rebuild) {
@@ -971,19 +1038,10 @@ Status Sanitizer::finish_archive(ArchiveRebuild& rebuild) {
     add_record(layout.name(entry), layout.size(entry), rebuild.digests[entry]);
   }
   report_.notes.insert(report_.notes.end(), rebuild.plan.notes.begin(), rebuild.plan.notes.end());
-  if (RandomAccessSink* assembled = rebuild.output.out_of_order()) {
-    const uint64_t base = rebuild.output.base();
-    const uint64_t size = layout.central_directory_offset() + directory->size();
-    auto digest = hash_chunks(
-        [&, done = uint64_t{0}](std::span<uint8_t> out) mutable -> Result<size_t> {
-          const size_t take = static_cast<size_t>(std::min<uint64_t>(out.size(), size - done));
-          ZG_TRY(assembled->read_back(base + done, out.first(take)));
-          done += take;
-          return take;
-        },
-        [](std::span<const uint8_t>) -> Status { return {}; });
-    if (!digest) return tl::unexpected(digest.error());
-    assembled_sha256_ = *digest;
+  if (rebuild.digest) {
+    ZG_TRY(hash_complete_front(rebuild));
+    ZG_TRY(rebuild.digest->extend_to(rebuild.output, layout.central_directory_offset() + directory->size()));
+    assembled_sha256_ = rebuild.digest->finish();
   }
   report_.write_seconds += write_time.seconds();
   return {};
