@@ -309,8 +309,10 @@ class Sanitizer {
   Status sanitize_npz(const ZipDirectory& directory, HashingSink& output);
   Status sanitize_safetensors(HashingSink& output);
 
+  // Parses one pickle and, when `report`, adds the globals it named and what it disarmed to the report.
   Result<PickleParse> parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
-                            bool allow_trailing_bytes = false);
+                            bool allow_trailing_bytes = false, bool report = true);
+  void report_parse(const PickleParse& parsed);
   Result<std::vector<StorageRecord>> collect_storages(
       ValueTree& tree, const std::function<Result<RecordSource>(const StorageRefValue&)>& locate);
   Status write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& output);
@@ -351,20 +353,24 @@ class Sanitizer {
 };
 
 Result<PickleParse> Sanitizer::parse(const ByteSource& source, PersistentIdMode mode, std::string record_name,
-                                     bool allow_trailing_bytes) {
+                                     bool allow_trailing_bytes, bool report) {
   PickleParseOptions options;
   options.persistent_ids = mode;
   options.record_name = std::move(record_name);
   options.allow_trailing_bytes = allow_trailing_bytes;
   auto parsed = parse_pickle(source, policy_, options);
   if (!parsed) return tl::unexpected(parsed.error().with_context(options.record_name));
-  for (const auto& global : parsed->globals_seen) {
+  if (report) report_parse(*parsed);
+  return parsed;
+}
+
+void Sanitizer::report_parse(const PickleParse& parsed) {
+  for (const auto& global : parsed.globals_seen) {
     if (std::find(report_.globals.begin(), report_.globals.end(), global) == report_.globals.end()) {
       report_.globals.push_back(global);
     }
   }
-  report_.findings.insert(report_.findings.end(), parsed->findings.begin(), parsed->findings.end());
-  return parsed;
+  report_.findings.insert(report_.findings.end(), parsed.findings.begin(), parsed.findings.end());
 }
 
 Status Sanitizer::run(ByteSink& raw_output) {
@@ -581,7 +587,9 @@ std::optional<ArrivingArchive> Sanitizer::read_leading_pickle() {
   const uint64_t window = std::min({header->size.value_or(available), available, policy_.limits.max_pickle_size});
   if (header->size && *header->size != window) return std::nullopt;
   SubSource pickle_window(input_, header->data_offset, window);
-  auto parsed = parse(pickle_window, PersistentIdMode::kTorchArchive, header->name, !header->size.has_value());
+  // Reported only once the walk can use it: otherwise the directory's path parses it again.
+  auto parsed = parse(pickle_window, PersistentIdMode::kTorchArchive, header->name, !header->size.has_value(),
+                      /*report=*/false);
   if (!parsed) return std::nullopt;
   archive.pickle_offset = header->data_offset;
   archive.pickle_size = parsed->end_offset;
@@ -599,6 +607,7 @@ std::optional<ArrivingArchive> Sanitizer::read_leading_pickle() {
   auto names = collect_archive_storages(archive.checkpoint, archive.prefix);
   if (!names) return std::nullopt;
   archive.storage_names = std::move(*names);
+  report_parse(archive.checkpoint.pickle);
   report_.parse_seconds = parse_time.seconds();
   return archive;
 }

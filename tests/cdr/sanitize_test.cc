@@ -451,6 +451,46 @@ TEST(Sanitize, AnArrivingRecordTheDirectoryDoesNotConfirmIsCopiedAgain) {
   EXPECT_EQ(result.report.records[2].sha256, Sha256::of(real_storage));
 }
 
+// `input` with the signature of its first entry's data descriptor removed (APPNOTE allows descriptors
+// without one), and the offsets after it moved back. Not zip64.
+Bytes without_first_descriptor_signature(const Bytes& input) {
+  MemorySource source(input);
+  auto directory = read_zip_directory(source, ZipLimits{});
+  EXPECT_TRUE(directory) << directory.error().describe();
+  const ZipEntry& first = directory->entries().front();
+  const uint64_t signature = first.data_offset + first.size;
+  EXPECT_EQ(zip::load_u32(&input[signature]), zip::kDataDescriptorSignature);
+  Bytes out(input.begin(), input.begin() + static_cast<ptrdiff_t>(signature));
+  out.insert(out.end(), input.begin() + static_cast<ptrdiff_t>(signature + 4), input.end());
+  auto move_back = [&](size_t field) {
+    uint32_t value = zip::load_u32(&out[field]) - 4;
+    for (size_t i = 0; i < 4; ++i) out[field + i] = static_cast<uint8_t>(value >> (8 * i));
+  };
+  const size_t end_record = out.size() - zip::kEndOfCentralDirSize;
+  size_t central = zip::load_u32(&out[end_record + 16]) - 4;
+  move_back(end_record + 16);
+  for (size_t i = 0; i < directory->entries().size(); ++i) {
+    if (zip::load_u32(&out[central + zip::kCentralLocalHeaderOffset]) > signature) {
+      move_back(central + zip::kCentralLocalHeaderOffset);
+    }
+    central += zip::kCentralHeaderSize + zip::load_u16(&out[central + zip::kCentralNameLength]) +
+               zip::load_u16(&out[central + zip::kCentralExtraLength]) +
+               zip::load_u16(&out[central + zip::kCentralCommentLength]);
+  }
+  return out;
+}
+
+// The walk follows only signed data descriptors (torch.save's). When data.pkl's has none, the walk
+// gives up after parsing the pickle, and the directory's path rebuilds the file: the pickle's
+// findings are reported once, as on a finished file.
+TEST(Sanitize, AnArchiveTheWalkCannotFollowIsRebuiltFromItsDirectory) {
+  auto entries = checkpoint_entries(state_dict_tree({GlobalValue{"os", "system"}}));
+  const Bytes input = without_first_descriptor_signature(archive(entries));
+  Outcome result = run(input);  // compares with the finished file's rebuild, findings included
+  ASSERT_EQ(result.report.verdict, Verdict::kDisarmed) << result.report.error->describe();
+  EXPECT_EQ(result.report.findings.size(), 1u);
+}
+
 // A data.pkl with bytes after its STOP opcode is refused whether or not the archive is still arriving
 // (the arriving walk reads the pickle up to STOP; the directory then states a longer record).
 TEST(Sanitize, BlocksBytesAfterThePickleInAnArrivingArchive) {
