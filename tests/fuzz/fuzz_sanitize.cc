@@ -1,6 +1,7 @@
-// Fuzzes the whole CDR engine, sanitize(), on arbitrary bytes. Its seeds are mostly PyTorch legacy
-// files, so this is also the fuzz target of the legacy stacked-pickle reader, which lives inside the
-// engine; the other seeds reach the archive, pickle, npy and safetensors routes end to end.
+// Fuzzes the whole CDR engine, sanitize(), on arbitrary bytes. Its seeds include PyTorch legacy files,
+// so this is also the fuzz target of the legacy stacked-pickle reader, which lives inside the engine;
+// PyTorch archives as torch.save writes them, with data descriptors after a byteorder record, and with
+// sizes in the local headers (for the walk that follows an arriving archive); and a pickle and an npy.
 //
 // Invariants checked beyond "no crash, no leak, no sanitizer report":
 //   - a verdict other than blocked comes with output whose size and digest the report states;
