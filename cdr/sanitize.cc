@@ -186,7 +186,8 @@ class AssembledDigest {
     while (hashed_ < end) {
       std::vector<uint8_t>& buffer = buffers_[turn_];
       hash_.wait_for(tickets_[turn_]);
-      const std::span<uint8_t> chunk(buffer.data(), static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - hashed_)));
+      const size_t length = static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - hashed_));
+      const std::span<uint8_t> chunk(buffer.data(), length);
       ZG_TRY(output.read_back(hashed_, chunk));
       tickets_[turn_] = hash_.update(chunk);
       hashed_ += chunk.size();
@@ -537,7 +538,8 @@ Status Sanitizer::sanitize_torch_archive(const ZipDirectory& directory, HashingS
     // The pickle is small next to the storages and is parsed from memory; CRC checked on the way in.
     std::vector<uint8_t> pickle_bytes(pickle_entry->size);
     {
-      auto reader = RecordReader::open(input_, RecordSource{pickle_entry, pickle_entry->data_offset, pickle_entry->size});
+      auto reader =
+          RecordReader::open(input_, RecordSource{pickle_entry, pickle_entry->data_offset, pickle_entry->size});
       if (!reader) return tl::unexpected(reader.error());
       ZG_TRY(reader->read_exact(pickle_bytes));
       std::array<uint8_t, 1> beyond;
@@ -707,14 +709,21 @@ Status Sanitizer::sanitize_legacy(HashingSink& output) {
   const auto* keys = std::get_if<ListValue>(&key_list->tree.at(key_list->tree.root));
   if (!keys) return fail(ErrorCode::kParse, "legacy storage key list is not a list", offset);
 
-  // The raw storages follow in key-list order, each an int64 element count and then the bytes; the
-  // element size comes from the storage reference in the main pickle.
+  // The raw storages follow in key-list order, each an int64 element count and then the bytes. The
+  // element count and size come from the storage reference in the main pickle, so every storage's
+  // place is known before its bytes arrive; its stated count is checked against them.
   std::map<std::string, const StorageRefValue*, std::less<>> referenced;
   for (NodeId id : reachable_nodes(checkpoint.pickle.tree)) {
     if (const auto* storage = std::get_if<StorageRefValue>(&checkpoint.pickle.tree.at(id))) {
       referenced.emplace(storage->key, storage);
     }
   }
+  struct LegacyRecord {
+    std::string key;
+    uint64_t count_offset = 0;
+    uint64_t numel = 0;
+  };
+  std::vector<LegacyRecord> in_file_order;
   std::map<std::string, RecordSource, std::less<>> located;
   for (NodeId key_node : keys->items) {
     const auto* key = std::get_if<StrValue>(&key_list->tree.at(key_node));
@@ -723,21 +732,13 @@ Status Sanitizer::sanitize_legacy(HashingSink& output) {
     if (storage == referenced.end()) {
       return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " is not referenced by the pickle", offset);
     }
-    uint8_t count_bytes[8];
-    ZG_TRY(input_.read_at(offset, count_bytes));
-    uint64_t count = 0;
-    for (int i = 7; i >= 0; --i) count = count << 8 | count_bytes[i];
-    if (count != storage->second->numel) {
-      return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " holds " + std::to_string(count) +
-                                         " elements, the pickle says " + std::to_string(storage->second->numel),
-                  offset);
-    }
-    auto size = checked_mul(count, storage_element_size(storage->second->type));
+    auto size = checked_mul(storage->second->numel, storage_element_size(storage->second->type));
     auto end = size ? checked_add(offset + 8, *size) : std::nullopt;
     if (!end || *end > input_.size()) return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " is truncated", offset);
     if (!located.emplace(key->utf8, RecordSource{nullptr, offset + 8, *size}).second) {
       return fail(ErrorCode::kParse, "legacy storage " + key->utf8 + " appears twice", offset);
     }
+    in_file_order.push_back(LegacyRecord{key->utf8, offset, storage->second->numel});
     offset = *end;
   }
   if (offset != input_.size()) {
@@ -753,7 +754,40 @@ Status Sanitizer::sanitize_legacy(HashingSink& output) {
   });
   if (!storages) return tl::unexpected(storages.error());
   checkpoint.storages = std::move(*storages);
+  auto check_count = [&](const LegacyRecord& record) -> Status {
+    uint8_t count_bytes[8];
+    ZG_TRY(input_.read_at(record.count_offset, count_bytes));
+    uint64_t count = 0;
+    for (int i = 7; i >= 0; --i) count = count << 8 | count_bytes[i];
+    if (count != record.numel) {
+      return fail(ErrorCode::kParse, "legacy storage " + record.key + " holds " + std::to_string(count) +
+                                         " elements, the pickle says " + std::to_string(record.numel),
+                  record.count_offset);
+    }
+    return {};
+  };
   report_.parse_seconds = parse_time.seconds();
+  if (random_output_ && options_.input_arrives_in_order && options_.format == OutputFormat::kNative) {
+    // A download still arriving: each storage is copied to its planned place as it comes in.
+    std::map<std::string, size_t, std::less<>> storage_of_key;  // before the rebuild renames the keys
+    for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
+      storage_of_key.emplace(std::get<StorageRefValue>(checkpoint.pickle.tree.at(checkpoint.storages[i].node)).key, i);
+    }
+    auto rebuild = begin_archive(checkpoint, ArchiveOutput(output, random_output_));
+    if (!rebuild) return tl::unexpected(rebuild.error());
+    for (const LegacyRecord& record : in_file_order) {
+      ZG_TRY(check_count(record));
+      auto storage = storage_of_key.find(record.key);
+      if (storage == storage_of_key.end()) return fail(ErrorCode::kInternal, "legacy storage " + record.key + " lost");
+      ZG_TRY(copy_storage(*rebuild, checkpoint, storage->second, checkpoint.storages[storage->second].source));
+      ZG_TRY(hash_complete_front(*rebuild));
+    }
+    for (size_t i = 0; i < checkpoint.storages.size(); ++i) {  // views that name a storage key twice
+      if (!rebuild->copied[i]) ZG_TRY(copy_storage(*rebuild, checkpoint, i, checkpoint.storages[i].source));
+    }
+    return finish_archive(*rebuild);
+  }
+  for (const LegacyRecord& record : in_file_order) ZG_TRY(check_count(record));
   return options_.format == OutputFormat::kSafetensors ? write_safetensors_from(checkpoint, output)
                                                        : write_torch_archive(checkpoint, output);
 }
@@ -984,7 +1018,8 @@ Status Sanitizer::put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::sp
   const uint32_t crc = zip::crc32_update(0, bytes);
   ZG_TRY(rebuild.output.put(rebuild.layout.header_offset(entry), rebuild.layout.local_header(entry)));
   ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry), bytes));
-  ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry) + bytes.size(), rebuild.layout.data_descriptor(entry, crc)));
+  ZG_TRY(rebuild.output.put(rebuild.layout.data_offset(entry) + bytes.size(),
+                            rebuild.layout.data_descriptor(entry, crc)));
   rebuild.crcs[entry] = crc;
   rebuild.digests[entry] = Sha256::of(bytes);
   rebuild.written[entry] = true;

@@ -77,10 +77,12 @@ struct SanitizeOptions {
   const LayoutPlanner* layout = nullptr;
   // The input's SHA-256 when the caller has already computed it (to key a variant, or while
   // receiving the file): reported as is instead of hashing the input once more.
-  std::optional<Sha256::Digest> known_input_sha256;  // The input is still arriving, front to back (a download being spooled, read through a source whose
-  // reads wait for the bytes). With a RandomAccessSink output, a PyTorch archive is then rebuilt as its
-  // records arrive, each storage written where the layout puts it, instead of after the central
-  // directory at the end; the result is the same bytes and the same verdict either way.
+  std::optional<Sha256::Digest> known_input_sha256;
+  // The input is still arriving, front to back (a download being spooled, read through a source whose
+  // reads wait for the bytes). With a RandomAccessSink output, a PyTorch checkpoint is then rebuilt as
+  // its storages arrive, each written where the layout puts it, instead of after the last byte (an
+  // archive's central directory, at the end, confirms what its local headers said); the result is the
+  // same bytes and the same verdict either way.
   bool input_arrives_in_order = false;
 };
 

@@ -719,8 +719,8 @@ Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset)
     header.compressed_size = resolve(load_u32(h + kLocalCompressedSize), zip64.compressed_size);
     header.size = resolve(load_u32(h + kLocalSize), zip64.size);
     if (!header.compressed_size || !header.size) {
-      return fail(ErrorCode::kParse, "local header of " + quoted(header.name) + " defers a size to a missing zip64 field",
-                  offset);
+      return fail(ErrorCode::kParse,
+                  "local header of " + quoted(header.name) + " defers a size to a missing zip64 field", offset);
     }
   }
   return header;
@@ -729,7 +729,8 @@ Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset)
 Result<uint64_t> local_record_end(const ByteSource& source, const LocalHeader& header, uint64_t compressed_size) {
   auto data_end = checked_add(header.data_offset, compressed_size);
   if (!data_end || *data_end > source.size()) {
-    return fail(ErrorCode::kParse, "data of " + quoted(header.name) + " runs past the end of the file", header.data_offset);
+    return fail(ErrorCode::kParse, "data of " + quoted(header.name) + " runs past the end of the file",
+                header.data_offset);
   }
   if (!(header.flags & kFlagDataDescriptor)) return *data_end;
   const uint64_t length = 4 + 4 + (header.zip64_extra ? 16 : 8);

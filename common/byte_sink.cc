@@ -35,7 +35,9 @@ Status MemorySink::write_at(uint64_t offset, std::span<const uint8_t> bytes) {
 }
 
 Status MemorySink::read_back(uint64_t offset, std::span<uint8_t> out) {
-  if (!range_fits(offset, out.size(), bytes_.size())) return fail(ErrorCode::kInternal, "read back past the end", offset);
+  if (!range_fits(offset, out.size(), bytes_.size())) {
+    return fail(ErrorCode::kInternal, "read back past the end", offset);
+  }
   std::copy_n(bytes_.begin() + static_cast<ptrdiff_t>(offset), out.size(), out.begin());
   return {};
 }

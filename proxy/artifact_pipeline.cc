@@ -410,7 +410,7 @@ ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
   cdr::SanitizeOptions options;
   options.layout = timed_planner ? &*timed_planner : nullptr;
   options.known_input_sha256 = upstream_sha256;
-  // A PyTorch archive is then rebuilt as its records arrive: the answer is ready soon after the last byte.
+  // A PyTorch checkpoint is then rebuilt as its storages arrive: the answer is ready soon after the last byte.
   options.input_arrives_in_order = job.spool_arriving;
   const auto started = std::chrono::steady_clock::now();
   std::unique_ptr<ByteSource> input = job.spool->reader();

@@ -5,9 +5,9 @@
 //   -> cache entry (atomic) -> every waiting client
 //
 // The disarm reads the spool while the download is still writing it, so that the answer is ready soon
-// after the last byte: pickles and legacy files are parsed front to back, and a PyTorch archive's
-// storages are copied into the rebuilt file as their records arrive (cdr::SanitizeOptions::
-// input_arrives_in_order), the central directory at the end confirming them. The bytes received must
+// after the last byte: pickles are parsed front to back, and the storages of a PyTorch checkpoint
+// (archive or legacy file) are copied into the rebuilt file as they arrive (cdr::SanitizeOptions::
+// input_arrives_in_order); an archive's central directory, at the end, confirms them. The bytes received must
 // match the upstream's digest (X-Linked-Etag for LFS files, the git blob id otherwise); on a mismatch,
 // a broken download or a lying length nothing is cached and every waiting client gets a 502.
 //

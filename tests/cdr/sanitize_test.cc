@@ -31,7 +31,9 @@ Bytes bytes_of(std::string_view text) { return Bytes(text.begin(), text.end()); 
 // What a Python script printed as hex.
 Bytes from_hex(const std::string& hex) {
   Bytes out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
   return out;
 }
 
@@ -503,7 +505,8 @@ TEST(Sanitize, BlocksBytesAfterThePickleInAnArrivingArchive) {
 
 // The legacy format, as Debian's PyTorch writes it, becomes a current archive; a byte appended after
 // the last storage, or a storage cut short, blocks it.
-TEST(Sanitize, RebuildsLegacyFilesAndRefusesTamperedOnes) {
+// A legacy checkpoint from Debian's PyTorch: "w" (6 floats), "i" (2 int64) and a view of "w".
+Bytes legacy_checkpoint() {
   auto python = testing::run_python(R"(
 import sys, torch
 state = {"w": torch.arange(6.0).reshape(2, 3), "i": torch.tensor([7, 8], dtype=torch.int64)}
@@ -511,8 +514,13 @@ state["v"] = state["w"][:, 1:]
 torch.save(state, sys.argv[1] + "/legacy.pt", _use_new_zipfile_serialization=False)
 sys.stdout.write(open(sys.argv[1] + "/legacy.pt", "rb").read().hex())
 )");
-  ASSERT_EQ(python.exit_code, 0) << python.output;
-  const Bytes legacy = from_hex(python.output);
+  EXPECT_EQ(python.exit_code, 0) << python.output;
+  return from_hex(python.output);
+}
+
+TEST(Sanitize, RebuildsLegacyFilesAndRefusesTamperedOnes) {
+  const Bytes legacy = legacy_checkpoint();
+  ASSERT_FALSE(legacy.empty());
   Outcome result = run(legacy);
   ASSERT_EQ(result.report.verdict, Verdict::kClean) << result.report.error->describe();
   EXPECT_EQ(result.report.container, "torch-legacy");
@@ -525,5 +533,29 @@ sys.stdout.write(open(sys.argv[1] + "/legacy.pt", "rb").read().hex())
   expect_blocked(run(truncated), ErrorCode::kParse, "truncated");
 }
 
+// A legacy download still arriving is rebuilt storage by storage: the first storage is copied before
+// the second one's element count is read (a finished file has all counts checked first).
+TEST(Sanitize, RebuildsAnArrivingLegacyFileStorageByStorage) {
+  const Bytes legacy = legacy_checkpoint();
+  ASSERT_FALSE(legacy.empty());
+  const auto reads = arriving_reads(legacy, nullptr);
+  // The element counts are 8-byte reads of 6 ("w") and 2 ("i"); a storage's bytes follow its count.
+  std::vector<size_t> count_reads;
+  for (size_t i = 0; i < reads.size(); ++i) {
+    const auto [offset, length] = reads[i];
+    if (length != 8) continue;
+    const uint64_t value = zip::load_u64(&legacy[offset]);
+    if (value == 6 || value == 2) count_reads.push_back(i);
+  }
+  ASSERT_EQ(count_reads.size(), 2u);
+  const uint64_t first_data = reads[count_reads[0]].first + 8;
+  auto first_copy = std::find_if(reads.begin(), reads.end(), [&](const auto& read) {
+    return read.first == first_data && read.second > 8;
+  });
+  ASSERT_NE(first_copy, reads.end());
+  EXPECT_LT(static_cast<size_t>(first_copy - reads.begin()), count_reads[1]);
+}
+
 }  // namespace
 }  // namespace zoogate::cdr
+
