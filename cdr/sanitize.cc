@@ -634,7 +634,8 @@ Status Sanitizer::copy_arriving_storages(ArrivingArchive& archive) {
       if (!found) return {};
       size = *found;
     }
-    if ((header->size && *header->size != size) || !range_fits(header->data_offset, size, input_.size())) return {};
+    if (header->size && (*header->size != size || header->compressed_size != header->size)) return {};
+    if (!range_fits(header->data_offset, size, input_.size())) return {};
     if (wanted) {
       ZG_TRY(copy_storage(*archive.rebuild, archive.checkpoint, storage->second,
                           RecordSource{nullptr, header->data_offset, size}));

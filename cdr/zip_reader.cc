@@ -685,7 +685,6 @@ Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset)
   const uint8_t* h = fixed->data();
   if (load_u32(h) != kLocalHeaderSignature) return fail(ErrorCode::kParse, "no local header here", offset);
   LocalHeader header;
-  header.header_offset = offset;
   header.flags = load_u16(h + kLocalFlags);
   header.method = load_u16(h + kLocalMethod);
   ZG_TRY(check_flags_and_method(header.flags, header.method, "local header", offset));
@@ -715,7 +714,6 @@ Result<LocalHeader> read_local_header(const ByteSource& source, uint64_t offset)
       if (value != kSentinel32) return value;
       return wide;
     };
-    header.crc32 = load_u32(h + kLocalCrc);
     header.compressed_size = resolve(load_u32(h + kLocalCompressedSize), zip64.compressed_size);
     header.size = resolve(load_u32(h + kLocalSize), zip64.size);
     if (!header.compressed_size || !header.size) {

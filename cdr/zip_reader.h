@@ -87,13 +87,11 @@ Result<ZipDirectory> read_zip_directory(const ByteSource& source, const ZipLimit
 // read_zip_directory() gives once the archive is complete, and must not trust it before.
 struct LocalHeader {
   std::string name;
-  uint64_t header_offset = 0;
   uint64_t data_offset = 0;
   uint16_t flags = 0;
   uint16_t method = 0;
   bool zip64_extra = false;  // a zip64 extra field: a data descriptor's sizes are then 8 bytes each
-  // The header's CRC and sizes; nullopt sizes when a data descriptor after the data carries them.
-  uint32_t crc32 = 0;
+  // The header's sizes; nullopt when a data descriptor after the data carries them (and the CRC).
   std::optional<uint64_t> compressed_size;
   std::optional<uint64_t> size;
 };

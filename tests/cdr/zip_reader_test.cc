@@ -181,6 +181,66 @@ TEST(ZipReader, AcceptsEveryDataDescriptorForm) {
   }
 }
 
+// A reader that follows an archive while it arrives reads each local header on its own, finds where
+// the record ends (past a signed data descriptor), and finds a small record's size from its descriptor.
+TEST(ZipReader, FollowsLocalRecordsWithoutTheCentralDirectory) {
+  for (bool descriptor : {false, true}) {
+    for (bool zip64 : {false, true}) {
+      if (zip64 && !descriptor) continue;  // 64-bit sizes only matter in a descriptor
+      SCOPED_TRACE(std::to_string(descriptor) + "/" + std::to_string(zip64));
+      RawArchive archive;
+      archive.entries = {stored("model/data.pkl", "pickle"), stored("model/byteorder", "little"),
+                         stored("model/data/0", std::string(100, '\x07'))};
+      for (RawEntry& e : archive.entries) {
+        if (descriptor) e.flags |= zip::kFlagDataDescriptor;
+        e.descriptor_zip64 = zip64;
+        if (zip64) e.local_extra = zip64_extra({0, 0});
+      }
+      Assembled built = assemble(archive);
+      MemorySource source(built.bytes);
+      uint64_t at = 0;
+      for (size_t i = 0; i < archive.entries.size(); ++i) {
+        const RawEntry& entry = archive.entries[i];
+        auto header = read_local_header(source, at);
+        ASSERT_TRUE(header) << header.error().describe();
+        EXPECT_EQ(header->name, entry.name);
+        EXPECT_EQ(header->data_offset, at + zip::kLocalHeaderSize + entry.name.size() + entry.local_extra.size());
+        EXPECT_EQ(header->zip64_extra, zip64);
+        if (descriptor) {
+          EXPECT_FALSE(header->size);
+          auto found = find_small_stored_size(source, *header, 64);
+          if (entry.content.size() <= 64) {
+            ASSERT_TRUE(found) << found.error().describe();
+            EXPECT_EQ(*found, entry.content.size());
+          } else {
+            EXPECT_FALSE(found) << "a record longer than the limit has no descriptor within it";
+          }
+        } else {
+          EXPECT_EQ(header->size, entry.content.size());
+        }
+        auto end = local_record_end(source, *header, entry.content.size());
+        ASSERT_TRUE(end) << end.error().describe();
+        at = *end;
+        EXPECT_EQ(at, i + 1 < archive.entries.size() ? built.local_offsets[i + 1] : built.cd_offset);
+      }
+      auto central = read_local_header(source, at);
+      ASSERT_FALSE(central) << "the central directory is no local header";
+      EXPECT_EQ(central.error().code, ErrorCode::kParse);
+    }
+  }
+  RawArchive unsigned_descriptor;
+  unsigned_descriptor.entries = {stored("model/data.pkl", "pickle")};
+  unsigned_descriptor.entries[0].flags |= zip::kFlagDataDescriptor;
+  unsigned_descriptor.entries[0].descriptor_signature = false;
+  Assembled built = assemble(unsigned_descriptor);
+  MemorySource source(built.bytes);
+  auto header = read_local_header(source, 0);
+  ASSERT_TRUE(header);
+  auto end = local_record_end(source, *header, 6);
+  ASSERT_FALSE(end) << "the walk follows only signed descriptors";
+  EXPECT_EQ(end.error().code, ErrorCode::kUnsupported);
+}
+
 TEST(ZipReader, AcceptsZip64RecordsAndFields) {
   RawArchive archive = two_entries();
   archive.zip64_end_records = true;
