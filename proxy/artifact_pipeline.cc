@@ -162,6 +162,7 @@ class ArtifactPipeline::Job {
   bool download_verified = false;  // set by the disarm once the whole download checked out
   std::atomic<bool> abandoned{false};  // set when the download is no longer needed
   Sha256::Digest received_sha256{};    // written by the download before it finishes the spool
+  std::chrono::steady_clock::time_point download_ended;  // likewise: when the last byte had arrived
   std::optional<InFlight> in_progress;  // counts the job in zoogate_artifacts_in_progress
   std::optional<FillLock> fetch_lock;   // held until the job ends: other processes wait for its entry
 
@@ -367,6 +368,7 @@ asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, Upstr
     co_return spool.finish(tl::unexpected(received.error()));
   }
   job->received_sha256 = *received;
+  job->download_ended = std::chrono::steady_clock::now();
   spool.finish({});
 }
 
@@ -464,6 +466,9 @@ ArtifactOutcome ArtifactPipeline::disarm(Job& job) {
                          {"seed_id", seed_id}};
   auto committed = (*writer)->commit(meta, std::nullopt, report.output_sha256);
   if (!committed) return failed_outcome("cannot publish the cache entry: " + committed.error().describe(), "io");
+  if (job.spool_arriving) {
+    metrics_.observe_ready_after_download_seconds(seconds_since(job.download_ended));
+  }
   return ready_outcome(std::move(*committed));
 }
 

@@ -262,6 +262,10 @@ Metrics::Metrics() : registry_(std::make_unique<prometheus::Registry>()) {
   }
   disarm_seconds_ = &histogram(registry, "zoogate_disarm_duration_seconds",
                                "Time to sanitize one artifact (parse, check, rebuild)", kArtifactBuckets);
+  ready_after_download_seconds_ =
+      &histogram(registry, "zoogate_ready_after_download_seconds",
+                 "Time from the last byte of a cold artifact's download to its rebuilt file being ready",
+                 kArtifactBuckets);
   variation_seconds_ = &histogram(registry, "zoogate_variation_duration_seconds",
                                   "Time spent planning and applying the moving-target variation of one artifact",
                                   kArtifactBuckets);
@@ -318,6 +322,7 @@ void Metrics::count_verdict(VerdictLabel verdict, ReasonLabel reason) {
 }
 
 void Metrics::observe_disarm_seconds(double seconds) { disarm_seconds_->Observe(seconds); }
+void Metrics::observe_ready_after_download_seconds(double seconds) { ready_after_download_seconds_->Observe(seconds); }
 
 void Metrics::observe_variation_seconds(double seconds) { variation_seconds_->Observe(seconds); }
 

@@ -130,6 +130,8 @@ class Metrics {
   void count_verdict(VerdictLabel verdict, ReasonLabel reason);
   void observe_disarm_seconds(double seconds);
   void observe_variation_seconds(double seconds);
+  // A cold artifact was ready `seconds` after the last byte of its download arrived.
+  void observe_ready_after_download_seconds(double seconds);
 
   void count_cache_hit();
   void count_cache_miss();
@@ -177,6 +179,7 @@ class Metrics {
 
   std::array<std::array<prometheus::Counter*, kReasons>, kVerdicts> verdicts_{};
   prometheus::Histogram* disarm_seconds_ = nullptr;
+  prometheus::Histogram* ready_after_download_seconds_ = nullptr;
   prometheus::Histogram* variation_seconds_ = nullptr;
 
   prometheus::Counter* cache_hits_ = nullptr;

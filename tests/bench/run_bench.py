@@ -728,6 +728,8 @@ def measure_cold_pickle(options, folder, origin_rate=None):
                 metrics = gateway.metrics_text()
                 pipeline_seconds.append({
                     "disarm": proxy_bench.metric_sum(metrics, "zoogate_disarm_duration_seconds_sum"),
+                    "ready_after_download": proxy_bench.metric_sum(metrics,
+                                                                   "zoogate_ready_after_download_seconds_sum"),
                     "variation": proxy_bench.metric_sum(metrics, "zoogate_variation_duration_seconds_sum"),
                     "clients_held": proxy_bench.metric_sum(metrics, "zoogate_clients_held_total")})
                 if served is None:
@@ -747,6 +749,16 @@ def measure_cold_pickle(options, folder, origin_rate=None):
         "measurements": {name: measurement.to_json() for name, measurement in measured.items()},
     }
     return measured, pipeline_seconds, zoogate_rss, details
+
+
+def ready_after_download_figures(pipeline_seconds, cold, prefix=""):
+    """The median time from a cold download's last byte to its rebuilt file being ready (zoogate's
+    metric), beside the whole cold download."""
+    ready = [entry["ready_after_download"] for entry in pipeline_seconds if entry["ready_after_download"] is not None]
+    if not ready:
+        return []
+    return [Figure(f"{prefix}zoogate ready after the download's last byte (its metric)", statistics.median(ready),
+                   "s", {"zoogate cold": statistics.median(ready) / cold})]
 
 
 def bench_proxy_cold_pickle(options):
@@ -769,6 +781,7 @@ def bench_proxy_cold_pickle(options):
     if disarm:
         figures.append(Figure("zoogate disarm duration (its metric)", statistics.median(disarm), "s",
                               {"zoogate cold": statistics.median(disarm) / cold}))
+    figures += ready_after_download_figures(pipeline_seconds, cold)
     return BenchResult(figures, details)
 
 
@@ -777,14 +790,15 @@ def bench_proxy_cold_pickle_link(options):
     a Hub behind a 1 Gbit/s link would: over loopback the download is faster than any real link, so
     the fixed costs after the last byte (the rest of the disarm, serving) weigh more than they would
     in use. An illustration beside the target, which the loopback figure is judged by."""
-    measured, _, _, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle-link",
-                                                  ORIGIN_LINK_RATE)
+    measured, pipeline_seconds, _, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle-link",
+                                                                 ORIGIN_LINK_RATE)
     cold, passed = measured["zoogate cold"].wall_seconds, measured["zoogate safetensors pass-through"].wall_seconds
     figures = [
         Figure(f"origin at limit_rate {ORIGIN_LINK_RATE}: zoogate safetensors pass-through, wall time", passed, "s"),
         Figure(f"origin at limit_rate {ORIGIN_LINK_RATE}: zoogate cold checkpoint, wall time", cold, "s",
                {"zoogate safetensors pass-through": cold / passed}),
     ]
+    figures += ready_after_download_figures(pipeline_seconds, cold, f"origin at limit_rate {ORIGIN_LINK_RATE}: ")
     return BenchResult(figures, details)
 
 

@@ -468,6 +468,7 @@ class ArrivingCheckpoint(WorldTest):
         self.assertEqual(headers["etag"].strip('"'), sha256(body))
         self.assertEqual(load_weights_only(body), flatten(self.world.weights))
         self.assertEqual(self.world.hub.fetch_count(MODEL, "pytorch_model.bin"), 1)
+        self.assertEqual(self.world.zoogate.metric_sum("zoogate_ready_after_download_seconds_count"), 1)
 
 
 class StreamingFaults(WorldTest):

@@ -119,6 +119,7 @@ const std::map<std::string, SpecFamily>& spec_families() {
       {"zoogate_upstream_resolutions_reused_total", {"counter", {}}},
       {"zoogate_verdicts_total", {"counter", {{"verdict", kVerdicts}, {"reason", kVerdictReasons}}}},
       {"zoogate_disarm_duration_seconds", {"histogram", {}}},
+      {"zoogate_ready_after_download_seconds", {"histogram", {}}},
       {"zoogate_variation_duration_seconds", {"histogram", {}}},
       {"zoogate_cache_hits_total", {"counter", {}}},
       {"zoogate_cache_misses_total", {"counter", {}}},
@@ -316,6 +317,7 @@ TEST(Metrics, CountsVerdictsAndTimesTheirWork) {
   metrics->observe_disarm_seconds(0.3);
   metrics->observe_disarm_seconds(400);
   metrics->observe_variation_seconds(0.004);
+  metrics->observe_ready_after_download_seconds(0.7);
   const std::string name = "zoogate_verdicts_total";
   EXPECT_EQ(value_of(*metrics, name, {{"verdict", "clean"}, {"reason", "none"}}), 1);
   EXPECT_EQ(value_of(*metrics, name, {{"verdict", "disarmed"}, {"reason", "forbidden_global"}}), 1);
@@ -329,6 +331,9 @@ TEST(Metrics, CountsVerdictsAndTimesTheirWork) {
   EXPECT_NEAR(*value_of(*metrics, "zoogate_disarm_duration_seconds_sum"), 400.3, 1e-9);
   EXPECT_EQ(value_of(*metrics, "zoogate_variation_duration_seconds_bucket", {{"le", "0.005"}}), 1);
   EXPECT_EQ(value_of(*metrics, "zoogate_variation_duration_seconds_count"), 1);
+  EXPECT_EQ(value_of(*metrics, "zoogate_ready_after_download_seconds_bucket", {{"le", "0.5"}}), 0);
+  EXPECT_EQ(value_of(*metrics, "zoogate_ready_after_download_seconds_bucket", {{"le", "1"}}), 1);
+  EXPECT_EQ(value_of(*metrics, "zoogate_ready_after_download_seconds_count"), 1);
 }
 
 TEST(Metrics, TracksTheCache) {
