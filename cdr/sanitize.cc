@@ -178,36 +178,29 @@ class ArchiveOutput {
 
 // The SHA-256 of an archive assembled out of order, taken front to back as far as the archive is
 // complete, so that much of it is hashed while later records still arrive. It reads back what it
-// hashes; the hashing runs on a worker thread.
+// hashes into a HashingSink, which hashes on a worker thread.
 class AssembledDigest {
  public:
-  // Hashes the archive's bytes [hashed(), end), which must all have been written.
+  // Hashes the archive's bytes from where the digest stands up to `end`; they must all be written.
   Status extend_to(const ArchiveOutput& output, uint64_t end) {
-    while (hashed_ < end) {
-      std::vector<uint8_t>& buffer = buffers_[turn_];
-      hash_.wait_for(tickets_[turn_]);
-      const size_t length = static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - hashed_));
-      const std::span<uint8_t> chunk(buffer.data(), length);
-      ZG_TRY(output.read_back(hashed_, chunk));
-      tickets_[turn_] = hash_.update(chunk);
-      hashed_ += chunk.size();
-      turn_ ^= 1;
+    while (hashing_.position() < end) {
+      const uint64_t at = hashing_.position();
+      const std::span<uint8_t> chunk(buffer_.data(), static_cast<size_t>(std::min<uint64_t>(buffer_.size(), end - at)));
+      ZG_TRY(output.read_back(at, chunk));
+      ZG_TRY(hashing_.write(chunk));
     }
     return {};
   }
-  uint64_t hashed() const { return hashed_; }
   // The digest of the bytes hashed; the digest then starts over from the archive's first byte.
   Sha256::Digest finish() {
-    hashed_ = 0;
-    return hash_.finish();
+    discarded_ = DiscardSink();
+    return hashing_.finish();
   }
 
  private:
-  std::vector<uint8_t> buffers_[2] = {std::vector<uint8_t>(kCopyChunk), std::vector<uint8_t>(kCopyChunk)};
-  uint64_t tickets_[2] = {0, 0};
-  size_t turn_ = 0;
-  uint64_t hashed_ = 0;
-  AsyncSha256 hash_;  // last member: its worker stops before the buffers go
+  std::vector<uint8_t> buffer_ = std::vector<uint8_t>(kCopyChunk);
+  DiscardSink discarded_;  // counts the bytes hashed
+  HashingSink hashing_{discarded_};
 };
 
 // The data of one archive entry, put at its planned offset as it is written, with the CRC-32 of what
@@ -325,6 +318,11 @@ class Sanitizer {
   // Writes version and the central directory once every storage is in; records, digest.
   Status finish_archive(ArchiveRebuild& rebuild);
   Status put_small_entry(ArchiveRebuild& rebuild, size_t entry, std::span<const uint8_t> bytes);
+  // True when the input still arrives and the output can be assembled out of order: a checkpoint's
+  // storages are then copied as they arrive.
+  bool rebuilds_as_input_arrives() const {
+    return random_output_ && options_.input_arrives_in_order && options_.format == OutputFormat::kNative;
+  }
   // Out of order: extends the archive's digest over the entries complete from the front.
   Status hash_complete_front(ArchiveRebuild& rebuild);
   Result<LayoutPlan> plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages);
@@ -403,7 +401,7 @@ Status Sanitizer::sanitize_zip(HashingSink& output) {
   // A download still arriving is followed record by record, so that the storages are rebuilt while
   // it arrives; the central directory, at the end, then confirms what the local headers said.
   std::optional<ArrivingArchive> arriving;
-  if (random_output_ && options_.input_arrives_in_order && options_.format == OutputFormat::kNative) {
+  if (rebuilds_as_input_arrives()) {
     arriving = read_leading_pickle();
     if (arriving) {
       auto rebuild = begin_archive(arriving->checkpoint, ArchiveOutput(output, random_output_));
@@ -639,7 +637,6 @@ Status Sanitizer::copy_arriving_storages(ArrivingArchive& archive) {
     if (wanted) {
       ZG_TRY(copy_storage(*archive.rebuild, archive.checkpoint, storage->second,
                           RecordSource{nullptr, header->data_offset, size}));
-      ZG_TRY(hash_complete_front(*archive.rebuild));
     }
     auto end = local_record_end(input_, *header, size);
     if (!end) return {};
@@ -768,7 +765,7 @@ Status Sanitizer::sanitize_legacy(HashingSink& output) {
     return {};
   };
   report_.parse_seconds = parse_time.seconds();
-  if (random_output_ && options_.input_arrives_in_order && options_.format == OutputFormat::kNative) {
+  if (rebuilds_as_input_arrives()) {
     // A download still arriving: each storage is copied to its planned place as it comes in.
     std::map<std::string, size_t, std::less<>> storage_of_key;  // before the rebuild renames the keys
     for (size_t i = 0; i < checkpoint.storages.size(); ++i) {
@@ -781,7 +778,6 @@ Status Sanitizer::sanitize_legacy(HashingSink& output) {
       auto storage = storage_of_key.find(record.key);
       if (storage == storage_of_key.end()) return fail(ErrorCode::kInternal, "legacy storage " + record.key + " lost");
       ZG_TRY(copy_storage(*rebuild, checkpoint, storage->second, checkpoint.storages[storage->second].source));
-      ZG_TRY(hash_complete_front(*rebuild));
     }
     for (size_t i = 0; i < checkpoint.storages.size(); ++i) {  // views that name a storage key twice
       if (!rebuild->copied[i]) ZG_TRY(copy_storage(*rebuild, checkpoint, i, checkpoint.storages[i].source));
@@ -1056,7 +1052,7 @@ Status Sanitizer::copy_storage(ArchiveRebuild& rebuild, const TorchCheckpoint& c
   rebuild.written[entry] = true;
   rebuild.copied[index] = ArchiveRebuild::Copied{source, input_crc};
   report_.write_seconds += write_time.seconds();
-  return {};
+  return rebuild.digest ? hash_complete_front(rebuild) : Status{};
 }
 
 Status Sanitizer::hash_complete_front(ArchiveRebuild& rebuild) {
