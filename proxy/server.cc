@@ -3,16 +3,18 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -188,23 +190,37 @@ std::string peer_address(const tcp::socket& socket) {
 // Threads of the pool for short blocking work (see ServerState::file_workers).
 constexpr unsigned kFileWorkerThreads = 4;
 
+// `count` event loops, each run by one thread. The concurrency hint says so to Asio, which then queues
+// the work a loop gives itself on a list private to its thread, without taking the loop's lock.
+std::vector<std::unique_ptr<asio::io_context>> make_event_loops(unsigned count) {
+  std::vector<std::unique_ptr<asio::io_context>> loops;
+  for (unsigned i = 0; i < count; ++i) loops.push_back(std::make_unique<asio::io_context>(1));
+  return loops;
+}
+
 }  // namespace
 
 class ServerState {
  public:
   explicit ServerState(config::ServerConfig server_config)
       : config(std::move(server_config)),
-        io(static_cast<int>(config.io_threads)),
+        event_loops(make_event_loops(config.io_threads)),
         disarm_workers(config.worker_threads == 0 ? std::max(2u, std::thread::hardware_concurrency())
                                                   : config.worker_threads),
         file_workers(kFileWorkerThreads),
-        hub_acceptor(io),
-        admin_acceptor(io),
-        egress_acceptor(io),
-        signals(io, SIGTERM, SIGINT) {}
+        hub_acceptor(main_loop()),
+        admin_acceptor(main_loop()),
+        egress_acceptor(main_loop()),
+        signals(main_loop(), SIGTERM, SIGINT) {}
 
   config::ServerConfig config;
-  asio::io_context io;
+  // One event loop per I/O thread. A connection stays on the loop that accepted it, with the upstream
+  // connections it opens, so its socket work never hops between threads (which costs wake-ups and
+  // cache misses on every piece of a download). The first loop also runs the listeners, the signal
+  // wait and the drain.
+  std::vector<std::unique_ptr<asio::io_context>> event_loops;
+  asio::io_context& main_loop() { return *event_loops.front(); }
+  size_t next_loop = 0;  // round-robin over event_loops; used on the main loop only
   // Disarms and variations: one runs as long as its download, waiting for bytes as they arrive.
   asio::thread_pool disarm_workers;
   // Short blocking work (cache lookups and records, password checks), kept apart from the disarms so
@@ -249,7 +265,8 @@ class ServerState {
 
 asio::awaitable<void> ServerState::accept_loop(tcp::acceptor& acceptor, Listener listener) {
   for (;;) {
-    auto [error, socket] = co_await acceptor.async_accept(asio::make_strand(io), kAsTuple);
+    asio::io_context& loop = *event_loops[next_loop++ % event_loops.size()];
+    auto [error, socket] = co_await acceptor.async_accept(loop, kAsTuple);
     if (error == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (error) continue;  // a connection reset before it was accepted, out of descriptors...
     if (sessions.load() >= config.limits.max_connections) {
@@ -669,7 +686,7 @@ asio::awaitable<void> ServerState::drain() {
   // The admin listener stays up to the end: /readyz answers 503 and /metrics shows the drain.
   hub_acceptor.close(ignored);
   egress_acceptor.close(ignored);
-  asio::steady_timer timer(io);
+  asio::steady_timer timer(main_loop());
   const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
   // Downloads and disarms in progress finish too: their entries spare the other replicas a fetch.
   while ((requests_in_flight.load() > 0 || pipeline->running_jobs() > 0) && std::chrono::steady_clock::now() < deadline) {
@@ -677,7 +694,7 @@ asio::awaitable<void> ServerState::drain() {
     co_await timer.async_wait(kAsTuple);
   }
   pipeline->shut_down();
-  io.stop();
+  for (auto& loop : event_loops) loop->stop();
 }
 
 Server::Server(std::unique_ptr<ServerState> state) : state_(std::move(state)) {}
@@ -733,7 +750,7 @@ Result<std::unique_ptr<Server>> Server::create(config::ServerConfig config) {
   upstream_settings.read_timeout = settings.upstream.read_timeout;
   upstream_settings.retries = settings.upstream.retries;
   upstream_settings.max_idle_connections = settings.upstream.max_idle_connections;
-  auto upstream = UpstreamClient::create(state->io, upstream_settings, state->metrics.get());
+  auto upstream = UpstreamClient::create(upstream_settings, state->metrics.get());
   if (!upstream) return tl::unexpected(upstream.error());
   state->upstream = std::move(*upstream);
 
@@ -791,16 +808,22 @@ Status Server::run() {
   std::fflush(stdout);
   state.log->write_event("listening", {{"hub", hub_url}, {"admin", admin_url}});
 
-  asio::co_spawn(state.io, state.accept_loop(state.hub_acceptor, Listener::kHub), asio::detached);
-  asio::co_spawn(state.io, state.accept_loop(state.admin_acceptor, Listener::kAdmin), asio::detached);
+  asio::io_context& main_loop = state.main_loop();
+  asio::co_spawn(main_loop, state.accept_loop(state.hub_acceptor, Listener::kHub), asio::detached);
+  asio::co_spawn(main_loop, state.accept_loop(state.admin_acceptor, Listener::kAdmin), asio::detached);
   if (state.egress_acceptor.is_open()) {
-    asio::co_spawn(state.io, state.accept_loop(state.egress_acceptor, Listener::kEgress), asio::detached);
+    asio::co_spawn(main_loop, state.accept_loop(state.egress_acceptor, Listener::kEgress), asio::detached);
   }
-  asio::co_spawn(state.io, state.drain(), asio::detached);
+  asio::co_spawn(main_loop, state.drain(), asio::detached);
 
+  // Every loop runs until the drain stops it, including the ones no connection has reached yet.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> kept_running;
+  for (auto& loop : state.event_loops) kept_running.push_back(asio::make_work_guard(*loop));
   std::vector<std::thread> threads;
-  for (unsigned i = 1; i < state.config.io_threads; ++i) threads.emplace_back([&] { state.io.run(); });
-  state.io.run();
+  for (size_t i = 1; i < state.event_loops.size(); ++i) {
+    threads.emplace_back([loop = state.event_loops[i].get()] { loop->run(); });
+  }
+  main_loop.run();
   for (auto& thread : threads) thread.join();
   state.disarm_workers.join();
   state.file_workers.join();

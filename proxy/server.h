@@ -1,7 +1,8 @@
 // The zoogate server: the Hub endpoint listener (HF_ENDPOINT mode), the admin listener (/metrics,
 // /healthz, /readyz, /admin/prefetch) and, when configured, the egress listener.
 //
-// Threads: `io_threads` run the io_context on which every connection is a coroutine on its own strand;
+// Threads: each of the `io_threads` runs an event loop of its own; connections are dealt to the loops
+// in turn, and a connection is a coroutine that stays on its loop, with its upstream connections;
 // `worker_threads` run the disarms and variations; a small pool of its own runs the short blocking
 // work (cache lookups and records, password checks), so that it never queues behind a disarm. Nothing
 // on an I/O thread waits for a disk-bound computation.

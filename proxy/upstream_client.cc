@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/error.hpp>
@@ -42,6 +43,11 @@ constexpr size_t kTlsReadAheadBytes = 128 * 1024;
 constexpr size_t kParseReadBytes = 64 * 1024;
 // Response headers larger than this are not a Hub's; refusing them bounds memory per exchange.
 constexpr uint32_t kMaxResponseHeaderBytes = 64 * 1024;
+
+// The event loop (the io_context) on which `executor` runs its work.
+asio::execution_context& event_loop_of(const asio::any_io_executor& executor) {
+  return asio::query(executor, asio::execution::context);
+}
 
 bool is_ip_literal(const std::string& host) {
   boost::system::error_code error;
@@ -145,8 +151,9 @@ std::string Url::origin() const { return "https://" + host_header(); }
 // pending wait; the waiter then reports a timeout.
 //
 // Thread safety: one coroutine at a time uses a connection (the pool and UpstreamResponse hand it
-// over). The watchdog runs on any thread of the io_context; it shares only `watch_mutex_`'s fields and
-// the descriptor, which stays open while the watchdog holds the connection.
+// over). The watchdog runs on the connection's event loop, not necessarily on the coroutine's thread;
+// it shares only `watch_mutex_`'s fields and the descriptor, which stays open while the watchdog holds
+// the connection.
 class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnection> {
  public:
   // Null when OpenSSL cannot make a TLS session from `context`.
@@ -169,6 +176,8 @@ class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnectio
   // Writes all of `bytes`, each wait for the peer at most `timeout`.
   asio::awaitable<boost::system::error_code> write_all(std::span<const uint8_t> bytes,
                                                        std::chrono::milliseconds timeout);
+  // The event loop the connection's socket and timer belong to.
+  asio::execution_context& event_loop() { return event_loop_of(socket_.get_executor()); }
   const std::string origin;
   beast::flat_buffer received;  // decrypted bytes not parsed yet; bytes past one response stay for the next
 
@@ -349,14 +358,13 @@ asio::awaitable<boost::system::error_code> UpstreamConnection::write_all(std::sp
   co_return boost::system::error_code{};
 }
 
-UpstreamClient::UpstreamClient(asio::io_context& io, const UpstreamSettings& settings, Metrics* metrics)
-    : io_(io), settings_(settings), metrics_(metrics), tls_(asio::ssl::context::tls_client) {}
+UpstreamClient::UpstreamClient(const UpstreamSettings& settings, Metrics* metrics)
+    : settings_(settings), metrics_(metrics), tls_(asio::ssl::context::tls_client) {}
 
-Result<std::shared_ptr<UpstreamClient>> UpstreamClient::create(asio::io_context& io, const UpstreamSettings& settings,
-                                                               Metrics* metrics) {
+Result<std::shared_ptr<UpstreamClient>> UpstreamClient::create(const UpstreamSettings& settings, Metrics* metrics) {
   // OpenSSL writes to the socket with write(2): a peer gone away must be an error, not SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
-  std::shared_ptr<UpstreamClient> client(new UpstreamClient(io, settings, metrics));
+  std::shared_ptr<UpstreamClient> client(new UpstreamClient(settings, metrics));
   SSL_CTX* context = client->tls_.native_handle();
   SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION);
   SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nullptr);
@@ -370,9 +378,10 @@ Result<std::shared_ptr<UpstreamClient>> UpstreamClient::create(asio::io_context&
   return client;
 }
 
-std::shared_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string& origin) {
+std::shared_ptr<UpstreamConnection> UpstreamClient::take_idle(const asio::execution_context& loop,
+                                                              const std::string& origin) {
   std::lock_guard lock(pool_mutex_);
-  auto found = idle_.find(origin);
+  auto found = idle_.find(PoolKey(&loop, origin));
   if (found == idle_.end() || found->second.empty()) return nullptr;
   auto connection = std::move(found->second.back());
   found->second.pop_back();
@@ -381,7 +390,7 @@ std::shared_ptr<UpstreamConnection> UpstreamClient::take_idle(const std::string&
 
 void UpstreamClient::return_idle(std::shared_ptr<UpstreamConnection> connection) {
   std::lock_guard lock(pool_mutex_);
-  auto& idle = idle_[connection->origin];
+  auto& idle = idle_[PoolKey(&connection->event_loop(), connection->origin)];
   if (idle.size() >= settings_.max_idle_connections) idle.pop_front();  // the oldest is most likely stale
   idle.push_back(std::move(connection));
 }
@@ -409,12 +418,13 @@ asio::awaitable<ResolvedDestination> resolve_destination(asio::any_io_executor e
 
 asio::awaitable<Result<std::shared_ptr<UpstreamConnection>>> UpstreamClient::connect(const Url& url) {
   const Deadline deadline = Deadline::clock::now() + settings_.connect_timeout;
-  auto connection = UpstreamConnection::create(io_.get_executor(), tls_.native_handle(), url.origin());
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
+  auto connection = UpstreamConnection::create(executor, tls_.native_handle(), url.origin());
   if (!connection) {
     co_return fail(ErrorCode::kIo, "cannot set up TLS for " + url.origin() + ": " + openssl_reason());
   }
   const ResolvedDestination destination =
-      co_await resolve_destination(io_.get_executor(), url.host, url.port, settings_.destination_check.get());
+      co_await resolve_destination(executor, url.host, url.port, settings_.destination_check.get());
   if (destination.resolve_error) {
     co_return tl::unexpected(upstream_error("cannot resolve", url, destination.resolve_error));
   }
@@ -423,7 +433,7 @@ asio::awaitable<Result<std::shared_ptr<UpstreamConnection>>> UpstreamClient::con
   }
 
   // Beast's stream tries each address in turn within the deadline; then the socket is handed over.
-  beast::tcp_stream connecting(io_.get_executor());
+  beast::tcp_stream connecting(executor);
   connecting.expires_at(deadline);
   auto [connect_error, endpoint] = co_await connecting.async_connect(destination.allowed, kAsTuple);
   if (connect_error) co_return tl::unexpected(upstream_error("cannot connect to", url, connect_error));
@@ -454,7 +464,8 @@ asio::awaitable<Result<std::shared_ptr<UpstreamConnection>>> UpstreamClient::con
 }
 
 asio::awaitable<Status> UpstreamClient::check_upstream(const Url& url) {
-  if (auto idle = take_idle(url.origin())) {
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
+  if (auto idle = take_idle(event_loop_of(executor), url.origin())) {
     return_idle(std::move(idle));
     co_return Status{};
   }
@@ -479,8 +490,10 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse>>> UpstreamClient::send(
   const unsigned attempts = idempotent ? settings_.retries + 1 : 1;
   Error last_error{ErrorCode::kIo, "no attempt made", std::nullopt};
   UpstreamErrorReason last_failure = UpstreamErrorReason::kConnect;
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
+  const asio::execution_context& loop = event_loop_of(executor);
   for (unsigned attempt = 0; attempt < attempts; ++attempt) {
-    std::shared_ptr<UpstreamConnection> connection = take_idle(url.origin());
+    std::shared_ptr<UpstreamConnection> connection = take_idle(loop, url.origin());
     if (!connection) {
       auto connected = co_await connect(url);
       if (!connected) {

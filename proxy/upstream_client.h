@@ -10,8 +10,10 @@
 //
 // It never follows redirects: the caller decides, host by host, what it follows (DESIGN.md section 5).
 //
-// Thread safety: an UpstreamClient may be used from any number of coroutines on any threads of its
-// io_context. An UpstreamResponse belongs to the one coroutine that received it.
+// Thread safety: an UpstreamClient may be used from any number of coroutines on any threads. A
+// connection belongs to the event loop of the coroutine that opened it, and the pool hands it only to
+// coroutines on that loop, so a download's socket work stays on one thread. An UpstreamResponse
+// belongs to the one coroutine that received it.
 #pragma once
 
 #include <chrono>
@@ -24,9 +26,10 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -135,8 +138,7 @@ class UpstreamClient : public std::enable_shared_from_this<UpstreamClient> {
   // Builds the TLS context: peer verification on, TLS 1.2 at least, the system's trust store plus
   // `settings.ca_bundle`. Fails when the bundle cannot be loaded. Sets SIGPIPE to be ignored in the
   // whole process: OpenSSL writes to the sockets with write(2), and a closed peer must be an error.
-  static Result<std::shared_ptr<UpstreamClient>> create(boost::asio::io_context& io, const UpstreamSettings& settings,
-                                                        Metrics* metrics);
+  static Result<std::shared_ptr<UpstreamClient>> create(const UpstreamSettings& settings, Metrics* metrics);
 
   // Sends `request` to `url` (its target, Host and Content-Length are set here) and returns once the
   // response header has arrived. Idempotent requests (GET, HEAD, and POST requests the caller marks
@@ -154,18 +156,21 @@ class UpstreamClient : public std::enable_shared_from_this<UpstreamClient> {
 
  private:
   friend class UpstreamResponse;
-  UpstreamClient(boost::asio::io_context& io, const UpstreamSettings& settings, Metrics* metrics);
+  UpstreamClient(const UpstreamSettings& settings, Metrics* metrics);
 
+  // Opens a connection on the event loop of the calling coroutine.
   boost::asio::awaitable<Result<std::shared_ptr<UpstreamConnection>>> connect(const Url& url);
-  std::shared_ptr<UpstreamConnection> take_idle(const std::string& origin);
+  // An idle connection to `origin` on `loop`, or null.
+  std::shared_ptr<UpstreamConnection> take_idle(const boost::asio::execution_context& loop, const std::string& origin);
   void return_idle(std::shared_ptr<UpstreamConnection> connection);
 
-  boost::asio::io_context& io_;
   UpstreamSettings settings_;
   Metrics* metrics_;  // not owned; may be null
   boost::asio::ssl::context tls_;
   std::mutex pool_mutex_;
-  std::map<std::string, std::deque<std::shared_ptr<UpstreamConnection>>> idle_;  // by origin
+  // By event loop and origin.
+  using PoolKey = std::pair<const boost::asio::execution_context*, std::string>;
+  std::map<PoolKey, std::deque<std::shared_ptr<UpstreamConnection>>> idle_;
 };
 
 }  // namespace zoogate::proxy

@@ -186,7 +186,7 @@ class UpstreamClientTest : public ::testing::Test {
     if (trust_ca) settings.ca_bundle = folder_.file("ca.pem");
     settings.read_timeout = read_timeout;
     settings.retries = 0;
-    auto client = UpstreamClient::create(io_, settings, nullptr);
+    auto client = UpstreamClient::create(settings, nullptr);
     ASSERT_TRUE(client) << client.error().describe();
     client_ = *client;
   }
