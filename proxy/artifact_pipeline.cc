@@ -5,7 +5,6 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -19,6 +18,7 @@
 #include "mtd/manifest.h"
 #include "proxy/access_log.h"
 #include "proxy/background_verifier.h"
+#include "proxy/piece_relay.h"
 #include "proxy/metrics.h"
 #include "proxy/spool_file.h"
 #include "proxy/worker_pool.h"
@@ -29,9 +29,11 @@ namespace asio = boost::asio;
 
 namespace {
 
-// Piece size of the download loop: a download holds three (one being read, one being spooled and
-// hashed, and the one before while its hashing ends), whatever the file's size.
+// A download into the spool moves in pieces of this size, kDownloadPieces of them in memory whatever
+// the file's size: one being read, one being appended, and a spare that keeps the reading going while
+// an appended piece's hash ends.
 constexpr size_t kDownloadChunkBytes = 1 << 20;
+constexpr size_t kDownloadPieces = 3;
 
 // Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
 // LFS) are identified by it, and it is all that lets zoogate check their bytes.
@@ -331,35 +333,23 @@ std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start_from_spool(
 asio::awaitable<void> ArtifactPipeline::download(std::shared_ptr<Job> job, UpstreamBody body) {
   SpoolFile& spool = *job->spool;
   metrics_.count_upstream_fetch();
-  BackgroundVerifier verifier(job->file, file_workers_, co_await asio::this_coro::executor);
-  // The newest piece is appended to the spool on a worker thread while the next one is read, so the
-  // download takes the longer of the two rather than both, and the I/O thread never blocks on the
-  // disk. The hashing runs beside both and may lag a piece behind: the loop waits for it only before
-  // it reads into that piece's buffer again.
-  using namespace asio::experimental::awaitable_operators;
-  using Piece = BackgroundVerifier::Piece;
-  Piece held = std::make_shared<std::vector<uint8_t>>(std::move(body.first_bytes));  // read, not yet spooled
-  Piece chunk = std::make_shared<std::vector<uint8_t>>(kDownloadChunkBytes);
-  Piece spooled = std::make_shared<std::vector<uint8_t>>();  // the piece before `held`
-  uint64_t spooled_ticket = 0;                                // its hashing ticket (0: none)
-  for (;;) {
-    if (job->abandoned) co_return spool.finish(fail(ErrorCode::kIo, "the download was abandoned"));
-    const uint64_t held_ticket = verifier.add(held);
-    auto [appended, got] = co_await (run_on_workers(file_workers_, &SpoolFile::append, &spool,
-                                                    std::span<const uint8_t>(*held)) &&
-                                     body.response->read(*chunk));
-    if (!appended) {
-      metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
-      co_return spool.finish(appended);
-    }
-    if (!got) co_return spool.finish(tl::unexpected(got.error()));
-    if (*got == 0) break;
-    chunk->resize(*got);
-    co_await verifier.wait_until_hashed(spooled_ticket);  // its buffer is read into next
-    std::swap(spooled, held);
-    spooled_ticket = held_ticket;
-    std::swap(held, chunk);
-    chunk->resize(kDownloadChunkBytes);
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
+  BackgroundVerifier verifier(job->file, file_workers_, executor);
+  // Pieces are appended to the spool on a worker thread while the next ones are read, so the download
+  // takes the longer of the two rather than both, and the I/O thread never blocks on the disk.
+  PieceRelay relay(executor, verifier, kDownloadPieces, kDownloadChunkBytes);
+  PieceRelay::Read read_body = [&body](std::span<uint8_t> out) { return body.response->read(out); };
+  PieceRelay::Consume append = [this, job](std::span<const uint8_t> piece) -> asio::awaitable<Status> {
+    if (job->abandoned) co_return fail(ErrorCode::kIo, "the download was abandoned");
+    co_return co_await run_on_workers(file_workers_, &SpoolFile::append, job->spool.get(), piece);
+  };
+  PieceRelay::Outcome relayed = co_await relay.run(
+      std::make_shared<std::vector<uint8_t>>(std::move(body.first_bytes)), read_body, append, /*held_back=*/0);
+  if (relayed.ending == PieceRelay::Ending::kReadFailed) co_return spool.finish(tl::unexpected(*relayed.error));
+  if (relayed.ending == PieceRelay::Ending::kConsumeFailed) {
+    // The spool refuses bytes beyond the announced size.
+    if (!job->abandoned) metrics_.count_upstream_error(UpstreamErrorReason::kSizeMismatch);
+    co_return spool.finish(tl::unexpected(*relayed.error));
   }
   const Result<Sha256::Digest> received = co_await verifier.finish();
   if (!received) {

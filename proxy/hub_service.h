@@ -11,7 +11,8 @@
 // DESIGN.md section 5 is the contract this file implements.
 //
 // Thread safety: one HubService serves every connection; handle() runs concurrently on many
-// coroutines.
+// coroutines, each on an executor that runs one handler at a time (an event loop of one thread, or a
+// strand), since a streamed download runs two coroutines over shared buffers there.
 #pragma once
 
 #include <map>

@@ -1,6 +1,7 @@
 // The pipeline's building blocks that need no network: the check of downloaded bytes against what
 // the upstream announced (in place and on the worker pool), the spool the disarm reads while the
 // download writes, and the one-time value concurrent requests wait on.
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "proxy/artifact_pipeline.h"
 #include "proxy/background_verifier.h"
 #include "proxy/completion.h"
+#include "proxy/piece_relay.h"
 #include "proxy/spool_file.h"
 #include "tests/proxy/temporary_folder.h"
 
@@ -177,8 +179,9 @@ ManyPieces many_pieces(size_t count, size_t piece_size) {
 
 using Body = std::function<boost::asio::awaitable<void>(boost::asio::thread_pool& workers)>;
 
-// Runs `body` as a coroutine on a strand of an io_context with two threads, as sessions run, with a
-// worker pool that ends before the io_context, as the server's does.
+// Runs `body` as a coroutine on a strand of an io_context with two threads (the most the contracts of
+// BackgroundVerifier and PieceRelay allow; sessions run on an event loop of one thread), with a worker
+// pool that ends before the io_context, as the server's does.
 void run_on_strand(const Body& body) {
   boost::asio::io_context io;
   boost::asio::thread_pool workers(4);
@@ -250,6 +253,112 @@ TEST(BackgroundVerifier, ACallerThatEndsEarlyLeavesTheHashingSafe) {
     for (const auto& piece : input.pieces) verifier.add(std::make_shared<std::vector<uint8_t>>(piece));
     co_return;
   });
+}
+
+// A body read in pieces of at most `read_size` bytes from `input`, failing instead of reading at
+// `fail_at_read` when set; counts its reads and what it has given.
+struct ScriptedBody {
+  std::vector<uint8_t> input;
+  std::optional<size_t> fail_at_read;
+  size_t reads = 0;
+  size_t given = 0;
+
+  boost::asio::awaitable<Result<size_t>> read(std::span<uint8_t> out) {
+    // A pause on the executor, as a socket read takes, so that the two coroutines interleave.
+    boost::asio::steady_timer pause(co_await boost::asio::this_coro::executor, std::chrono::microseconds(50 * (reads % 3)));
+    co_await pause.async_wait(boost::asio::use_awaitable);
+    if (fail_at_read && reads == *fail_at_read) co_return fail(ErrorCode::kIo, "the upstream reset the connection");
+    ++reads;
+    const size_t count = std::min(out.size(), input.size() - given);
+    std::copy_n(input.begin() + static_cast<ptrdiff_t>(given), count, out.begin());
+    given += count;
+    co_return count;
+  }
+};
+
+std::vector<uint8_t> joined(const std::vector<std::vector<uint8_t>>& pieces) {
+  std::vector<uint8_t> all;
+  for (const auto& piece : pieces) all.insert(all.end(), piece.begin(), piece.end());
+  return all;
+}
+
+TEST(PieceRelay, PassesEveryPieceOnInOrderButTheNewestHeldBackWithinItsBuffers) {
+  const ManyPieces input = many_pieces(40, 3000);
+  const std::vector<uint8_t> all = joined(input.pieces);
+  const size_t first_size = 1000;
+  for (size_t held_back : {0u, 1u, 2u}) {
+    ScriptedBody body{std::vector<uint8_t>(all.begin() + first_size, all.end()), std::nullopt};
+    std::vector<uint8_t> consumed;
+    size_t most_ahead = 0;  // bytes read but not yet passed on, at most
+    std::optional<PieceRelay::Outcome> outcome;
+    std::optional<Result<Sha256::Digest>> verdict;
+    run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+      const auto executor = co_await boost::asio::this_coro::executor;
+      BackgroundVerifier verifier(input.file, workers, executor);
+      PieceRelay relay(executor, verifier, /*pieces=*/4, /*piece_size=*/4096);
+      PieceRelay::Read read = [&body](std::span<uint8_t> out) { return body.read(out); };
+      PieceRelay::Consume consume = [&](std::span<const uint8_t> piece) -> boost::asio::awaitable<Status> {
+        most_ahead = std::max(most_ahead, first_size + body.given - consumed.size());
+        boost::asio::steady_timer pause(co_await boost::asio::this_coro::executor, std::chrono::microseconds(70));
+        co_await pause.async_wait(boost::asio::use_awaitable);
+        consumed.insert(consumed.end(), piece.begin(), piece.end());
+        co_return Status{};
+      };
+      auto first = std::make_shared<std::vector<uint8_t>>(all.begin(), all.begin() + first_size);
+      outcome = co_await relay.run(first, read, consume, held_back);
+      verdict = co_await verifier.finish();
+    });
+    ASSERT_TRUE(outcome.has_value());
+    ASSERT_EQ(outcome->ending, PieceRelay::Ending::kBodyEnded) << (outcome->error ? outcome->error->describe() : "");
+    EXPECT_EQ(outcome->held_back.size(), held_back);
+    std::vector<uint8_t> relayed = consumed;
+    for (const auto& piece : outcome->held_back) relayed.insert(relayed.end(), piece->begin(), piece->end());
+    EXPECT_EQ(relayed, all) << "held back " << held_back;
+    EXPECT_LE(most_ahead, 4u * 4096) << "held back " << held_back;
+    ASSERT_TRUE(verdict.has_value() && verdict->has_value());
+    EXPECT_EQ(**verdict, *input.file.lfs_sha256);
+  }
+}
+
+TEST(PieceRelay, AFailedReadOrConsumerEndsIt) {
+  const ManyPieces input = many_pieces(20, 4096);
+  const std::vector<uint8_t> all = joined(input.pieces);
+  auto relay_with = [&](std::optional<size_t> fail_at_read, std::optional<size_t> refuse_at_piece, size_t& reads,
+                        size_t& consumed_pieces) {
+    ScriptedBody body{all, fail_at_read};
+    std::optional<PieceRelay::Outcome> outcome;
+    consumed_pieces = 0;
+    run_on_strand([&](boost::asio::thread_pool& workers) -> boost::asio::awaitable<void> {
+      const auto executor = co_await boost::asio::this_coro::executor;
+      BackgroundVerifier verifier(input.file, workers, executor);
+      PieceRelay relay(executor, verifier, /*pieces=*/3, /*piece_size=*/4096);
+      PieceRelay::Read read = [&body](std::span<uint8_t> out) { return body.read(out); };
+      PieceRelay::Consume consume = [&](std::span<const uint8_t>) -> boost::asio::awaitable<Status> {
+        if (refuse_at_piece && consumed_pieces == *refuse_at_piece) co_return fail(ErrorCode::kIo, "the client left");
+        ++consumed_pieces;
+        co_return Status{};
+      };
+      outcome = co_await relay.run(std::make_shared<std::vector<uint8_t>>(), read, consume, 1);
+    });
+    reads = body.reads;
+    return *outcome;
+  };
+  size_t reads = 0;
+  size_t consumed = 0;
+  const PieceRelay::Outcome read_failed = relay_with(5, std::nullopt, reads, consumed);
+  EXPECT_EQ(read_failed.ending, PieceRelay::Ending::kReadFailed);
+  ASSERT_TRUE(read_failed.error.has_value());
+  EXPECT_EQ(read_failed.error->message, "the upstream reset the connection");
+  EXPECT_TRUE(read_failed.held_back.empty());
+  EXPECT_EQ(reads, 5u);
+  EXPECT_LE(consumed, 4u);  // the newest piece read was never passed on
+
+  const PieceRelay::Outcome refused = relay_with(std::nullopt, 2, reads, consumed);
+  EXPECT_EQ(refused.ending, PieceRelay::Ending::kConsumeFailed);
+  ASSERT_TRUE(refused.error.has_value());
+  EXPECT_EQ(refused.error->message, "the client left");
+  EXPECT_EQ(consumed, 2u);
+  EXPECT_LE(reads, 2u + 3u) << "the reading went on after the consumer had stopped";
 }
 
 TEST(Completion, AWaiterGetsTheValueOrGivesUpAtItsDeadline) {
