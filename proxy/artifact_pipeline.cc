@@ -18,8 +18,8 @@
 #include "mtd/manifest.h"
 #include "proxy/access_log.h"
 #include "proxy/background_verifier.h"
-#include "proxy/piece_relay.h"
 #include "proxy/metrics.h"
+#include "proxy/piece_relay.h"
 #include "proxy/spool_file.h"
 #include "proxy/worker_pool.h"
 
