@@ -689,7 +689,7 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   out.line(2, "connect_timeout", duration(upstream.connect_timeout), kConnectTimeout.text());
   out.line(2, "read_timeout", duration(upstream.read_timeout), kReadTimeout.text() + ", per read");
   out.line(2, "retries", number(upstream.retries), kRetries.text());
-  out.line(2, "max_idle_connections", number(upstream.max_idle_connections), kMaxIdleConnections.text() + " per host");
+  out.line(2, "max_idle_connections", number(upstream.max_idle_connections), kMaxIdleConnections.text() + " per host and I/O thread");
   out.line(2, "max_redirects", number(upstream.max_redirects), kMaxRedirects.text());
   out.line(2, "resolution_ttl", duration(upstream.resolution_ttl), kResolutionTtl.text() + "; 0ms = ask every time");
   out.line(2, "max_resolutions", number(upstream.max_resolutions), kMaxResolutions.text());

@@ -53,7 +53,7 @@ struct UpstreamConfig {
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds read_timeout{60'000};  // the longest wait for any single read
   unsigned retries = 2;                              // idempotent requests, after a connection failure
-  unsigned max_idle_connections = 32;                // keep-alive pool size per host
+  unsigned max_idle_connections = 32;                // keep-alive pool size per host and I/O thread
   unsigned max_redirects = 5;
   // How long the Hub's answer naming a file (commit, digest, size, where its bytes are) is reused for
   // the same file, revision and credentials; zero asks the Hub every time.

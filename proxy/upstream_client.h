@@ -61,7 +61,7 @@ struct UpstreamSettings {
   std::chrono::milliseconds connect_timeout{10'000};  // resolve + connect + TLS handshake
   std::chrono::milliseconds read_timeout{60'000};     // each wait for response bytes or a write
   unsigned retries = 2;                               // extra attempts after a connection failure
-  unsigned max_idle_connections = 32;                 // kept alive per origin
+  unsigned max_idle_connections = 32;                 // kept alive per origin and event loop
   // Decides, for the address a connection actually reached, whether zoogate may talk to it (loopback,
   // private, link-local and metadata addresses are refused unless the host is allowed). Null: any.
   std::shared_ptr<const DestinationCheck> destination_check;
