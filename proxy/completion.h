@@ -7,6 +7,11 @@
 // Thread safety: set() and value() from any thread; wait() from a coroutine whose executor is a
 // strand or single-threaded (set() wakes a waiter by posting to that executor, which then runs only
 // after the waiter is suspended in the timer's wait).
+//
+// Lifetime: a waiter's timer belongs to the waiting coroutine alone; the Completion only points at it.
+// A Completion shared by coroutines on several event loops may outlive some of them (the server
+// destroys its loops one after another, with the coroutines suspended on them), and must then neither
+// keep a timer of a loop that is gone nor post to that loop.
 #pragma once
 
 #include <chrono>
@@ -30,14 +35,16 @@ class Completion {
  public:
   // Sets the value and wakes every waiter; a second call is ignored (the first value stands).
   void set(T value) {
-    std::vector<std::shared_ptr<boost::asio::steady_timer>> waiters;
+    std::vector<std::weak_ptr<boost::asio::steady_timer>> waiters;
     {
       std::lock_guard lock(mutex_);
       if (value_) return;
       value_ = std::move(value);
       waiters.swap(waiters_);
     }
-    for (auto& timer : waiters) boost::asio::post(timer->get_executor(), [timer] { timer->cancel(); });
+    for (auto& waiter : waiters) {
+      if (auto timer = waiter.lock()) boost::asio::post(timer->get_executor(), [timer] { timer->cancel(); });
+    }
   }
 
   std::optional<T> value() const {
@@ -55,14 +62,14 @@ class Completion {
     }
     (void)co_await timer->async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
     std::lock_guard lock(mutex_);
-    std::erase(waiters_, timer);
+    std::erase_if(waiters_, [&](const auto& waiter) { return waiter.expired() || waiter.lock() == timer; });
     co_return value_;
   }
 
  private:
   mutable std::mutex mutex_;
   std::optional<T> value_;                                            // guarded by mutex_
-  std::vector<std::shared_ptr<boost::asio::steady_timer>> waiters_;  // guarded by mutex_
+  std::vector<std::weak_ptr<boost::asio::steady_timer>> waiters_;  // guarded by mutex_
 };
 
 }  // namespace zoogate::proxy

@@ -15,9 +15,10 @@ build_packages=(
 )
 # python3-torch generates the example checkpoint that the run command sanitizes.
 run_packages=(python3 python3-torch)
-# prometheus brings promtool (alert rule checks and unit tests); python3-yaml reads the deploy/ manifests.
+# prometheus brings promtool (alert rule checks and unit tests); python3-yaml reads the deploy/ manifests;
+# valgrind checks memory use where a bug would not show in a plain run.
 test_packages=(
-  libgtest-dev libgmock-dev clang libclang-rt-14-dev
+  libgtest-dev libgmock-dev clang libclang-rt-14-dev valgrind
   python3-torchvision python3-numpy python3-requests python3-pip python3-distutils python3-yaml
   curl nginx openssl p7zip-full zip time prometheus
 )

@@ -383,5 +383,21 @@ TEST(Completion, AWaiterGetsTheValueOrGivesUpAtItsDeadline) {
   EXPECT_EQ(completion.value(), 7);
 }
 
+TEST(Completion, OutlivesTheEventLoopsOfItsWaiters) {
+  // The server's event loops are destroyed one after another, each with the coroutines still
+  // suspended on it, while a Completion shared with other loops' coroutines lives on: it must not keep
+  // a gone loop's timer, nor post to that loop.
+  auto completion = std::make_shared<Completion<int>>();
+  {
+    boost::asio::io_context loop;
+    auto wait = [completion]() -> boost::asio::awaitable<void> { (void)co_await completion->wait(10s); };
+    boost::asio::co_spawn(loop, wait, boost::asio::detached);
+    loop.run_for(20ms);  // the waiter is suspended in its timer's wait
+  }
+  completion->set(3);
+  EXPECT_EQ(completion->value(), 3);
+  completion.reset();
+}
+
 }  // namespace
 }  // namespace zoogate::proxy
