@@ -190,11 +190,19 @@ std::string peer_address(const tcp::socket& socket) {
 // Threads of the pool for short blocking work (see ServerState::file_workers).
 constexpr unsigned kFileWorkerThreads = 4;
 
-// `count` event loops, each run by one thread. The concurrency hint says so to Asio, which then queues
-// the work a loop gives itself on a list private to its thread, without taking the loop's lock.
-std::vector<std::unique_ptr<asio::io_context>> make_event_loops(unsigned count) {
-  std::vector<std::unique_ptr<asio::io_context>> loops;
-  for (unsigned i = 0; i < count; ++i) loops.push_back(std::make_unique<asio::io_context>(1));
+// An io_context run by one thread. The concurrency hint says so to Asio, which then queues the work a
+// loop gives itself on a list private to its thread, without taking the loop's lock.
+class EventLoop : public asio::io_context {
+ public:
+  EventLoop() : asio::io_context(1) {}
+  // Destroys the coroutines and handlers still waiting on the stopped loop, which then runs nothing.
+  // The loop's destructor would do the same, but only once the server's other parts were gone.
+  void destroy_waiting_work() { shutdown(); }
+};
+
+std::vector<std::unique_ptr<EventLoop>> make_event_loops(unsigned count) {
+  std::vector<std::unique_ptr<EventLoop>> loops;
+  for (unsigned i = 0; i < count; ++i) loops.push_back(std::make_unique<EventLoop>());
   return loops;
 }
 
@@ -218,7 +226,7 @@ class ServerState {
   // connections it opens, so its socket work never hops between threads (which costs wake-ups and
   // cache misses on every piece of a download). The first loop also runs the listeners, the signal
   // wait and the drain.
-  std::vector<std::unique_ptr<asio::io_context>> event_loops;
+  std::vector<std::unique_ptr<EventLoop>> event_loops;
   asio::io_context& main_loop() { return *event_loops.front(); }
   size_t next_loop = 0;  // round-robin over event_loops; used on the main loop only
   // Disarms and variations: one runs as long as its download, waiting for bytes as they arrive.
@@ -827,6 +835,9 @@ Status Server::run() {
   for (auto& thread : threads) thread.join();
   state.disarm_workers.join();
   state.file_workers.join();
+  // The coroutines still suspended (idle keep-alive connections, work the drain's deadline cut) go
+  // now, while what they use (metrics, the log, the pipeline, the other loops) is still there.
+  for (auto& loop : state.event_loops) loop->destroy_waiting_work();
   state.log->write_event("stopped", {});
   return {};
 }
