@@ -13,21 +13,18 @@ build_packages=(
   libboost1.81-dev libssl-dev libzip-dev zlib1g-dev libyaml-cpp-dev prometheus-cpp-dev
   nlohmann-json3-dev libcli11-dev libexpected-dev
 )
-# python3-torch generates the example checkpoint that the run command sanitizes.
-run_packages=(python3 python3-torch)
 # prometheus brings promtool (alert rule checks and unit tests); python3-yaml reads the deploy/ manifests;
 # valgrind checks memory use where a bug would not show in a plain run.
 test_packages=(
   libgtest-dev libgmock-dev clang libclang-rt-14-dev valgrind
-  python3-torchvision python3-numpy python3-requests python3-pip python3-distutils python3-yaml
+  python3 python3-torch python3-torchvision python3-numpy python3-requests python3-pip python3-distutils python3-yaml
   curl nginx openssl p7zip-full zip time prometheus
 )
 
 case "$mode" in
   build) wanted=("${build_packages[@]}") ;;
-  run) wanted=("${build_packages[@]}" "${run_packages[@]}") ;;
-  test) wanted=("${build_packages[@]}" "${run_packages[@]}" "${test_packages[@]}") ;;
-  *) echo "usage: $0 build|run|test" >&2; exit 2 ;;
+  test) wanted=("${build_packages[@]}" "${test_packages[@]}") ;;
+  *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
 
 missing=()

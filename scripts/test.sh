@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$here/scripts/install-deps.sh" test
-"$here/scripts/build.sh"
+"$here/scripts/build.sh" -DZOOGATE_BUILD_TESTS=ON
 ctest --test-dir "$here/build" --output-on-failure -j2 --timeout 1200
 
 # Fuzz targets need clang's libFuzzer; their CTest entries replay the seed corpus and fuzz briefly.
