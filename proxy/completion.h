@@ -9,9 +9,9 @@
 // after the waiter is suspended in the timer's wait).
 //
 // Lifetime: a waiter's timer belongs to the waiting coroutine alone; the Completion only points at it.
-// A Completion shared by coroutines on several event loops may outlive some of them (the server
-// destroys its loops one after another, with the coroutines suspended on them), and must then neither
-// keep a timer of a loop that is gone nor post to that loop.
+// A Completion shared by coroutines on several event loops may outlive some waiters and their loops
+// (a coroutine destroyed while suspended, a loop destroyed before the Completion), and must then
+// neither keep a gone waiter's timer nor post to a gone loop.
 #pragma once
 
 #include <chrono>

@@ -1,6 +1,7 @@
 // The pipeline's building blocks that need no network: the check of downloaded bytes against what
 // the upstream announced (in place and on the worker pool), the spool the disarm reads while the
-// download writes, and the one-time value concurrent requests wait on.
+// download writes, the relay that moves a body through a fixed set of buffers, and the one-time value
+// concurrent requests wait on.
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -255,8 +256,8 @@ TEST(BackgroundVerifier, ACallerThatEndsEarlyLeavesTheHashingSafe) {
   });
 }
 
-// A body read in pieces of at most `read_size` bytes from `input`, failing instead of reading at
-// `fail_at_read` when set; counts its reads and what it has given.
+// A body that fills each read from `input` as far as it goes, failing instead of reading at
+// `fail_at_read` when set; counts its reads and the bytes it has given.
 struct ScriptedBody {
   std::vector<uint8_t> input;
   std::optional<size_t> fail_at_read;
@@ -384,9 +385,8 @@ TEST(Completion, AWaiterGetsTheValueOrGivesUpAtItsDeadline) {
 }
 
 TEST(Completion, OutlivesTheEventLoopsOfItsWaiters) {
-  // The server's event loops are destroyed one after another, each with the coroutines still
-  // suspended on it, while a Completion shared with other loops' coroutines lives on: it must not keep
-  // a gone loop's timer, nor post to that loop.
+  // A loop destroyed with a waiter still suspended on it, while the Completion, shared with other
+  // loops' coroutines, lives on: it must not keep the gone loop's timer, nor post to that loop.
   auto completion = std::make_shared<Completion<int>>();
   {
     boost::asio::io_context loop;
