@@ -2,15 +2,17 @@
 //
 // From one VariantSeed it chooses the archive folder name (a plausible torch.save-style stem with a
 // number, "checkpoint_4821"), the storage record names (distinct numbers, as torch.save writes them,
-// drawn from a range four times the storage count), the order in which the storages are written, the
-// pickle writer's memo seed, and, when enabled, function-preserving weight permutations
-// (weight_permutation.h). The loaded model is the same for every seed; with weight variation it
+// drawn from a range four times the storage count), the order in which the storages are written
+// (shuffled within windows of consecutive storages, so that a rebuild following a download can hash
+// its output as it goes), the pickle writer's memo seed, and, when enabled, function-preserving weight
+// permutations (weight_permutation.h). The loaded model is the same for every seed; with weight variation it
 // computes the same function. Each choice draws from its own sub-seed, so the same seed always gives
 // the same plan, and hence the same bytes.
 //
 // Thread safety: a LayoutVariation is immutable after construction; plan() may run on many threads.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,6 +27,10 @@
 #include "mtd/variant_seed.h"
 
 namespace zoogate::mtd {
+
+// Storages are reordered within consecutive windows of this many: each full window has 8! = 40,320
+// orders (15 bits of variation), on top of the record names, which vary over the whole file.
+inline constexpr size_t kStorageOrderWindow = 8;
 
 // Everything that decides which variant a client gets, and how far variation goes.
 struct VariationSettings {

@@ -35,8 +35,6 @@ namespace {
 constexpr size_t kDownloadChunkBytes = 1 << 20;
 constexpr size_t kDownloadPieces = 3;
 
-// Git's blob id of a file: SHA-1 over "blob <size>\0" and the bytes. Files the Hub keeps in git (not
-// LFS) are identified by it, and it is all that lets zoogate check their bytes.
 // Names the MTD secret in cache keys without revealing it, so that processes sharing a cache folder
 // with different secrets never serve each other's variants.
 std::string variation_secret_id(const std::vector<uint8_t>& secret) {

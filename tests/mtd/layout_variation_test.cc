@@ -97,6 +97,30 @@ TEST(LayoutVariation, SameSeedSamePlanAndOtherSeedsDiffer) {
   EXPECT_EQ(pickle_seeds.size(), 20u);
 }
 
+// A rebuild that follows a download hashes its output front to back, so a storage may only move
+// within its window of arrival: otherwise the hash would wait for the last byte.
+TEST(LayoutVariation, StoragesMoveOnlyWithinTheirWindow) {
+  StateDictBuilder model;
+  const size_t count = 5 * kStorageOrderWindow + 3;  // a short last window too
+  const cdr::ValueTree tree = small_model(model, static_cast<int>(count));
+  const auto storages = StateDictBuilder::storages_of(tree);
+  std::set<std::vector<size_t>> first_windows;
+  std::set<std::vector<size_t>> last_windows;
+  for (int client = 0; client < 20; ++client) {
+    auto plan = *variation_for("client-" + std::to_string(client))->plan(tree, storages);
+    ASSERT_EQ(plan.storage_order.size(), count);
+    for (size_t position = 0; position < count; ++position) {
+      EXPECT_EQ(plan.storage_order[position] / kStorageOrderWindow, position / kStorageOrderWindow)
+          << "position " << position << " holds storage " << plan.storage_order[position];
+    }
+    first_windows.emplace(plan.storage_order.begin(), plan.storage_order.begin() + kStorageOrderWindow);
+    last_windows.emplace(plan.storage_order.end() - 3, plan.storage_order.end());
+  }
+  // The first window is shuffled, and so is the short last one (3! = 6 orders among 20 clients).
+  EXPECT_EQ(first_windows.size(), 20u);
+  EXPECT_GT(last_windows.size(), 3u);
+}
+
 TEST(LayoutVariation, PlainPicklesWithoutStoragesGetAMemoSeedOnly) {
   cdr::ValueTree tree;
   tree.root = tree.add(cdr::ListValue{});
