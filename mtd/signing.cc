@@ -11,6 +11,7 @@
 #include "common/byte_sink.h"
 #include "common/encoding.h"
 #include "common/openssl_error.h"
+#include "common/openssl_ptr.h"
 #include "common/sha256.h"
 
 namespace zoogate::mtd {
@@ -18,14 +19,14 @@ namespace {
 
 constexpr std::string_view kCurveName = "prime256v1";  // OpenSSL's name for NIST P-256
 
-using Bio = std::unique_ptr<BIO, decltype(&BIO_free)>;
-using DigestContext = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
+using Bio = OpenSslPtr<BIO, BIO_free>;
+using DigestContext = OpenSslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
 
 std::shared_ptr<evp_pkey_st> own(EVP_PKEY* key) { return {key, EVP_PKEY_free}; }
 
-Bio memory_bio() { return Bio(BIO_new(BIO_s_mem()), BIO_free); }
+Bio memory_bio() { return Bio(BIO_new(BIO_s_mem())); }
 // Memory from OpenSSL's secure heap where one is configured, cleared when freed.
-Bio secret_bio() { return Bio(BIO_new(BIO_s_secmem()), BIO_free); }
+Bio secret_bio() { return Bio(BIO_new(BIO_s_secmem())); }
 
 std::string bio_text(BIO* bio) {
   char* data = nullptr;
@@ -38,8 +39,8 @@ int no_password(char*, int, int, void*) { return 0; }
 
 // A read-only memory BIO over PEM text; null for text no key file could hold.
 Bio pem_bio(std::string_view pem) {
-  if (pem.size() > kMaxKeyFileSize) return Bio(nullptr, BIO_free);
-  return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
+  if (pem.size() > kMaxKeyFileSize) return Bio();
+  return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
 
 Status require_p256(EVP_PKEY* key, std::string_view what) {
@@ -97,7 +98,7 @@ Result<PublicKey> PublicKey::load(const std::string& path) {
 }
 
 Status PublicKey::verify(std::span<const uint8_t> message, std::span<const uint8_t> signature) const {
-  DigestContext context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  DigestContext context(EVP_MD_CTX_new());
   if (!context || EVP_DigestVerifyInit(context.get(), nullptr, EVP_sha256(), nullptr, key_.get()) != 1) {
     return fail(ErrorCode::kInternal, "cannot start a signature check: " + openssl_reason());
   }
@@ -145,7 +146,7 @@ Result<PrivateKey> PrivateKey::load(const std::string& path) {
 }
 
 Result<std::vector<uint8_t>> PrivateKey::sign(std::span<const uint8_t> message) const {
-  DigestContext context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  DigestContext context(EVP_MD_CTX_new());
   size_t length = 0;
   if (!context || EVP_DigestSignInit(context.get(), nullptr, EVP_sha256(), nullptr, key_.get()) != 1 ||
       EVP_DigestSign(context.get(), nullptr, &length, message.data(), message.size()) != 1) {

@@ -13,6 +13,7 @@
 #include "cdr/sanitize.h"
 #include "common/byte_sink.h"
 #include "common/encoding.h"
+#include "common/openssl_ptr.h"
 #include "mtd/dsse.h"
 #include "mtd/layout_variation.h"
 #include "mtd/manifest.h"
@@ -102,12 +103,12 @@ std::string UpstreamFile::upstream_id() const {
 
 // The git blob id: SHA-1 over "blob <size>\0" and the bytes.
 struct ContentVerifier::GitBlobHash {
-  explicit GitBlobHash(uint64_t size) : context(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+  explicit GitBlobHash(uint64_t size) : context(EVP_MD_CTX_new()) {
     EVP_DigestInit_ex(context.get(), EVP_sha1(), nullptr);
     const std::string prefix = "blob " + std::to_string(size);
     EVP_DigestUpdate(context.get(), prefix.data(), prefix.size() + 1);  // with the terminating NUL
   }
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context;
+  OpenSslPtr<EVP_MD_CTX, EVP_MD_CTX_free> context;
 };
 
 ContentVerifier::ContentVerifier(const UpstreamFile& file)

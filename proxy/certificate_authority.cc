@@ -27,23 +27,17 @@
 #include "common/byte_sink.h"
 #include "common/encoding.h"
 #include "common/openssl_error.h"
+#include "common/openssl_ptr.h"
 
 namespace zoogate::proxy {
 namespace {
 
 using Clock = std::chrono::system_clock;
 
-template <auto Free>
-struct OpenSslFree {
-  template <typename T>
-  void operator()(T* object) const {
-    Free(object);
-  }
-};
-using Bio = std::unique_ptr<BIO, OpenSslFree<BIO_free>>;
-using BigNumber = std::unique_ptr<BIGNUM, OpenSslFree<BN_free>>;
-using Extension = std::unique_ptr<X509_EXTENSION, OpenSslFree<X509_EXTENSION_free>>;
-using Name = std::unique_ptr<X509_NAME, OpenSslFree<X509_NAME_free>>;
+using Bio = OpenSslPtr<BIO, BIO_free>;
+using BigNumber = OpenSslPtr<BIGNUM, BN_free>;
+using Extension = OpenSslPtr<X509_EXTENSION, X509_EXTENSION_free>;
+using Name = OpenSslPtr<X509_NAME, X509_NAME_free>;
 
 std::shared_ptr<X509> own(X509* certificate) { return {certificate, X509_free}; }
 std::shared_ptr<EVP_PKEY> own(EVP_PKEY* key) { return {key, EVP_PKEY_free}; }

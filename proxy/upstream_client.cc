@@ -24,7 +24,7 @@
 #include <sys/socket.h>
 
 #include "common/openssl_error.h"
-
+#include "common/openssl_ptr.h"
 
 namespace zoogate::proxy {
 
@@ -160,7 +160,7 @@ class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnectio
   static std::shared_ptr<UpstreamConnection> create(asio::any_io_executor executor, SSL_CTX* context,
                                                     std::string origin);
   UpstreamConnection(asio::any_io_executor executor, SSL* ssl, std::string origin_name)
-      : origin(std::move(origin_name)), socket_(executor), ssl_(ssl, &SSL_free), watchdog_(executor) {}
+      : origin(std::move(origin_name)), socket_(executor), ssl_(ssl), watchdog_(executor) {}
   UpstreamConnection(const UpstreamConnection&) = delete;
   UpstreamConnection& operator=(const UpstreamConnection&) = delete;
 
@@ -194,7 +194,7 @@ class UpstreamConnection : public std::enable_shared_from_this<UpstreamConnectio
 
   tcp::socket socket_;
   // Destroyed before the socket; SSL_free leaves the descriptor open, the socket closes it.
-  std::unique_ptr<SSL, decltype(&SSL_free)> ssl_;
+  OpenSslPtr<SSL, SSL_free> ssl_;
   boost::system::error_code deferred_error_;  // a read failure behind bytes already returned
 
   std::mutex watch_mutex_;

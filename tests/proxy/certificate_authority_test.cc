@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "common/openssl_ptr.h"
 #include "tests/proxy/temporary_folder.h"
 
 namespace zoogate::proxy {
@@ -29,20 +30,13 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Clock = std::chrono::system_clock;
 
-template <auto Free>
-struct OpenSslFree {
-  template <typename T>
-  void operator()(T* object) const {
-    Free(object);
-  }
-};
-using Bio = std::unique_ptr<BIO, OpenSslFree<BIO_free>>;
-using Certificate = std::unique_ptr<X509, OpenSslFree<X509_free>>;
-using Key = std::unique_ptr<EVP_PKEY, OpenSslFree<EVP_PKEY_free>>;
-using Store = std::unique_ptr<X509_STORE, OpenSslFree<X509_STORE_free>>;
-using StoreContext = std::unique_ptr<X509_STORE_CTX, OpenSslFree<X509_STORE_CTX_free>>;
-using GeneralNames = std::unique_ptr<GENERAL_NAMES, OpenSslFree<GENERAL_NAMES_free>>;
-using ExtendedKeyUsage = std::unique_ptr<EXTENDED_KEY_USAGE, OpenSslFree<EXTENDED_KEY_USAGE_free>>;
+using Bio = OpenSslPtr<BIO, BIO_free>;
+using Certificate = OpenSslPtr<X509, X509_free>;
+using Key = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
+using Store = OpenSslPtr<X509_STORE, X509_STORE_free>;
+using StoreContext = OpenSslPtr<X509_STORE_CTX, X509_STORE_CTX_free>;
+using GeneralNames = OpenSslPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
+using ExtendedKeyUsage = OpenSslPtr<EXTENDED_KEY_USAGE, EXTENDED_KEY_USAGE_free>;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
