@@ -1,10 +1,7 @@
 // What the manifest, DSSE and verification tests share: PyTorch archives built from value trees, the
-// engine run over them, keys, and a scratch folder per test.
+// engine run over them, and keys.
 #pragma once
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -17,11 +14,13 @@
 #include "common/byte_sink.h"
 #include "mtd/manifest.h"
 #include "mtd/signing.h"
+#include "tests/common/temporary_folder.h"
 #include "tests/mtd/state_dict_builder.h"
 
 namespace zoogate::mtd::testing {
 
 using Bytes = std::vector<uint8_t>;
+using zoogate::testing::TemporaryFolder;
 
 // A torch.save-like archive of `tree` under folder "upstream": each storage's bytes are drawn from the
 // SHA-256 of its key, so distinct storages differ.
@@ -79,35 +78,6 @@ inline cdr::ZipEntry entry_named(const Bytes& archive, const std::string& name) 
   return entry ? *entry : cdr::ZipEntry{};
 }
 
-// A fresh folder under the test temporary directory, removed with the object.
-class ScratchFolder {
- public:
-  ScratchFolder() {
-    std::string pattern = ::testing::TempDir() + "zoogate-mtd-XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~ScratchFolder() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  ScratchFolder(const ScratchFolder&) = delete;
-  ScratchFolder& operator=(const ScratchFolder&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string write(const std::string& name, const Bytes& bytes) const {
-    std::filesystem::create_directories((path_ / name).parent_path());
-    std::ofstream out(path_ / name, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    return file(name);
-  }
-  std::string write(const std::string& name, std::string_view text) const {
-    return write(name, Bytes(text.begin(), text.end()));
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 inline PrivateKey new_key() {
   auto key = PrivateKey::generate();

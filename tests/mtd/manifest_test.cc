@@ -18,7 +18,7 @@ using testing::Bytes;
 using testing::entry_named;
 using testing::sanitize_bytes;
 using testing::Sanitized;
-using testing::ScratchFolder;
+using testing::TemporaryFolder;
 using testing::StateDictBuilder;
 
 // Plain tensors, a transposed view and a row slice of one storage, a tied weight and a float16 buffer.
@@ -261,7 +261,7 @@ TEST(Manifest, FactsFromSanitizeRefusesAFileTheReportDoesNotDescribe) {
 }
 
 TEST(Manifest, FolderFilesComeInResourceOrderWithoutGitMetadata) {
-  ScratchFolder folder;
+  TemporaryFolder folder;
   folder.write("artifact/a-b", "1");
   folder.write("artifact/a/b", "2");
   folder.write("artifact/config.json", "{}");

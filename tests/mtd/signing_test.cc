@@ -18,7 +18,7 @@ namespace zoogate::mtd {
 namespace {
 
 using testing::new_key;
-using testing::ScratchFolder;
+using testing::TemporaryFolder;
 
 std::span<const uint8_t> bytes_of(std::string_view text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
@@ -37,7 +37,7 @@ std::string foreign_private_pem(EVP_PKEY* key) {
 }
 
 TEST(Signing, KeyPairFilesRoundTripWithPrivateModeOwnerOnly) {
-  ScratchFolder folder;
+  TemporaryFolder folder;
   PrivateKey key = new_key();
   ASSERT_TRUE(key.write_key_pair(folder.file("key.pem"), folder.file("key.pub")));
 

@@ -20,7 +20,7 @@ using testing::entry_named;
 using testing::new_key;
 using testing::sanitize_bytes;
 using testing::Sanitized;
-using testing::ScratchFolder;
+using testing::TemporaryFolder;
 using testing::StateDictBuilder;
 
 // Changes to the reference model. Storage contents follow the builder's node numbering, which none
@@ -97,7 +97,7 @@ class VerifyTest : public ::testing::Test {
     return *found;
   }
 
-  ScratchFolder folder_;
+  TemporaryFolder folder_;
   PrivateKey key_ = new_key();
   Sanitized original_;
   std::string path_;
@@ -262,7 +262,7 @@ TEST_F(VerifyTest, UnreadableArtifactIsAnErrorNotAVerdict) {
 }
 
 TEST(VerifyFolder, EachFileIsCheckedAndMissingOrExtraFilesAreNamed) {
-  ScratchFolder folder;
+  TemporaryFolder folder;
   PrivateKey key = new_key();
   folder.write("snapshot/model.pt", sanitize_bytes(archive_of(model())).output);
   folder.write("snapshot/config.json", R"({"model_type": "llama"})");

@@ -1,8 +1,5 @@
 #include "proxy/access_log.h"
 
-#include <stdlib.h>
-
-#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -14,22 +11,16 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/common/temporary_folder.h"
+
 namespace zoogate::proxy {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using zoogate::testing::TemporaryFolder;
 
 class AccessLogTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "zoogate-access-log-XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-    path_ = (dir_ / "access.log").string();
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::unique_ptr<AccessLog> open_log() {
     auto log = AccessLog::open(path_);
     EXPECT_TRUE(log) << log.error().describe();
@@ -60,8 +51,8 @@ class AccessLogTest : public ::testing::Test {
     return parsed;
   }
 
-  fs::path dir_;
-  std::string path_;
+  const TemporaryFolder folder_;
+  const std::string path_ = folder_.file("access.log");
 };
 
 AccessRecord sample_record() {
@@ -242,7 +233,7 @@ TEST_F(AccessLogTest, AppendsToAnExistingFile) {
 }
 
 TEST_F(AccessLogTest, ReportsAFileItCannotOpen) {
-  auto log = AccessLog::open((dir_ / "missing-folder" / "access.log").string());
+  auto log = AccessLog::open(folder_.file("missing-folder/access.log"));
   ASSERT_FALSE(log);
   EXPECT_EQ(log.error().code, ErrorCode::kIo);
   EXPECT_NE(log.error().message.find("missing-folder"), std::string::npos);

@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "common/encoding.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::proxy {
 namespace {
@@ -28,6 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::SizeIs;
+using zoogate::testing::TemporaryFolder;
 
 // Long enough for the coarse file timestamps the kernel keeps to tell two steps apart.
 constexpr auto kTimestampTick = std::chrono::milliseconds(20);
@@ -94,12 +96,7 @@ size_t items_in(const std::string& dir) {
 
 class ArtifactCacheTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "zoogate-cache-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  ArtifactCacheTest() { fs::create_directory(dir_); }
 
   std::unique_ptr<ArtifactCache> open_cache(uint64_t max_size = kUnbounded, CacheListener* listener = nullptr) {
     auto cache = ArtifactCache::open(dir_, max_size, listener == nullptr ? &listener_ : listener);
@@ -128,7 +125,8 @@ class ArtifactCacheTest : public ::testing::Test {
     return dir_ + "/entries/" + name.substr(0, 2) + "/" + name;
   }
 
-  std::string dir_;
+  const TemporaryFolder folder_;
+  const std::string dir_ = folder_.file("cache");  // in a folder of its own: files beside it go too
   RecordingListener listener_;
 };
 

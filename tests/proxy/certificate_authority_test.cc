@@ -21,7 +21,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/openssl_ptr.h"
-#include "tests/proxy/temporary_folder.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::proxy {
 namespace {
@@ -29,6 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Clock = std::chrono::system_clock;
+using zoogate::testing::TemporaryFolder;
 
 using Bio = OpenSslPtr<BIO, BIO_free>;
 using Certificate = OpenSslPtr<X509, X509_free>;

@@ -25,12 +25,13 @@
 #include "proxy/completion.h"
 #include "proxy/piece_relay.h"
 #include "proxy/spool_file.h"
-#include "tests/proxy/temporary_folder.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::proxy {
 namespace {
 
 using namespace std::chrono_literals;
+using zoogate::testing::TemporaryFolder;
 
 std::span<const uint8_t> bytes_of(std::string_view text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};

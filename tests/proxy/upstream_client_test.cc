@@ -25,13 +25,14 @@
 #include <unistd.h>
 
 #include "proxy/certificate_authority.h"
-#include "tests/proxy/temporary_folder.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::proxy {
 namespace {
 
 namespace asio = boost::asio;
 namespace http = boost::beast::http;
+using zoogate::testing::TemporaryFolder;
 using namespace std::chrono_literals;
 
 // Accepts TLS connections on 127.0.0.1 and answers each request with `answer`, which writes the
