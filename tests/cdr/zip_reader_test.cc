@@ -826,7 +826,7 @@ def extract(path):
         assert z.testzip() is None
         z.extractall(os.path.join('extracted', path))
 )";
-  ScratchDir dir_;
+  TemporaryFolder dir_;
 };
 
 TEST_F(ZipReaderRealArchives, ReadsTorchSaveArchives) {

@@ -12,15 +12,16 @@
 #include <string_view>
 #include <vector>
 
-#include <unistd.h>
 #include <zlib.h>
 
 #include "cdr/zip_format.h"
 #include "tests/cdr/python_runner.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::cdr::ziptest {
 
 using Bytes = std::vector<uint8_t>;
+using zoogate::testing::TemporaryFolder;
 
 inline std::span<const uint8_t> as_bytes(std::string_view text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
@@ -180,24 +181,6 @@ inline void patch64(Bytes& bytes, uint64_t offset, uint64_t value) {
   patch32(bytes, offset + 4, static_cast<uint32_t>(value >> 32));
 }
 
-// A scratch folder removed with everything in it when the object goes away.
-class ScratchDir {
- public:
-  ScratchDir() {
-    static int counter = 0;
-    path_ = std::filesystem::temp_directory_path() /
-            ("zoogate-zip-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    std::filesystem::create_directories(path_);
-  }
-  ~ScratchDir() { std::filesystem::remove_all(path_); }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-  std::string file(std::string_view name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 inline void write_file(const std::string& path, std::span<const uint8_t> bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -211,7 +194,7 @@ inline Bytes read_file(const std::string& path) {
 
 // Runs `script` with the system Python (tests/cdr/python_runner.h) inside `dir`, so that the files it
 // writes stay there for the test to read.
-inline testing::PythonRun run_python_in(const ScratchDir& dir, std::string_view script) {
+inline testing::PythonRun run_python_in(const TemporaryFolder& dir, std::string_view script) {
   return testing::run_python("import os\nos.chdir(r'" + dir.path().string() + "')\n" + std::string(script));
 }
 

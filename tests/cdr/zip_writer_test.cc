@@ -318,7 +318,7 @@ Entries torch_archive_entries() {
 }
 
 TEST(ZipWriter, PythonZipfileReadsTheOutput) {
-  ScratchDir dir;
+  TemporaryFolder dir;
   const Entries entries = various_sizes();
   write_file(dir.file("plain.zip"), write_archive(entries));
   write_file(dir.file("zip64.zip"), write_archive(entries, {.force_zip64 = true}));
@@ -341,7 +341,7 @@ print("ok")
 
 TEST(ZipWriter, TorchLoadsTheOutput) {
   if (!system_torch_available()) GTEST_SKIP() << "no torch in " << testing::kSystemPython;
-  ScratchDir dir;
+  TemporaryFolder dir;
   write_file(dir.file("plain.pt"), write_archive(torch_archive_entries()));
   write_file(dir.file("zip64.pt"), write_archive(torch_archive_entries(), {.force_zip64 = true}));
   auto run = run_python_in(dir, R"(
@@ -388,7 +388,7 @@ class SparseFileSink final : public ByteSink {
 
 TEST(ZipWriter, WritesZip64ForAnEntryOver4GiB) {
   constexpr uint64_t kBigSize = (uint64_t{4} << 30) + 12345;
-  ScratchDir dir;
+  TemporaryFolder dir;
   const std::string path = dir.file("big.zip");
   {
     SparseFileSink sink(path);

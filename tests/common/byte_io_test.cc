@@ -10,25 +10,13 @@
 #include "common/checked.h"
 #include "common/encoding.h"
 #include "common/sha256.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() : path_(fs::temp_directory_path() / ("zoogate-test-" + std::to_string(::getpid()) + "-" +
-                                                 std::to_string(counter_++))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
+using testing::TemporaryFolder;
 
 TEST(MemorySource, ReadsInsideAndRejectsPastEndWithOffset) {
   std::vector<uint8_t> bytes = {1, 2, 3, 4};
@@ -55,7 +43,7 @@ TEST(SubSource, WindowIsBoundedByItsLength) {
 }
 
 TEST(AtomicFileSink, CommitPublishesAndAbandonLeavesNothing) {
-  TempDir dir;
+  const TemporaryFolder dir;
   std::string target = (dir.path() / "out.bin").string();
   {
     auto sink = AtomicFileSink::create(target);
@@ -103,7 +91,7 @@ TEST(RandomAccessSink, MemorySinkPlacesPiecesAnywhere) {
 }
 
 TEST(RandomAccessSink, AtomicFileSinkPlacesPiecesAnywhereAndCommitsThem) {
-  TempDir dir;
+  const TemporaryFolder dir;
   std::string target = (dir.path() / "assembled.bin").string();
   auto sink = AtomicFileSink::create(target);
   ASSERT_TRUE(sink);

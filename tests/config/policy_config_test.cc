@@ -1,11 +1,11 @@
 #include "config/policy_config.h"
 
-#include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::config {
 namespace {
@@ -15,6 +15,7 @@ using cdr::GlobalName;
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
 using ::testing::StartsWith;
+using zoogate::testing::TemporaryFolder;
 
 PolicyConfig parse_ok(std::string_view yaml) {
   auto config = parse_policy_config(yaml, "policy.yaml");
@@ -403,27 +404,18 @@ TEST(PolicyVersion, GlobalOrderDoesNotMatter) {
   EXPECT_NE(version_with("[collections.Counter]"), version_with("[collections.ChainMap]"));
 }
 
-class PolicyFileTest : public ::testing::Test {
- protected:
-  std::filesystem::path dir_ = std::filesystem::path(::testing::TempDir()) / "zoogate_policy_config_test";
-  void SetUp() override { std::filesystem::create_directories(dir_); }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-};
-
-TEST_F(PolicyFileTest, LoadsFilesAndNamesThemInErrors) {
-  auto good = dir_ / "good.yaml";
-  std::ofstream(good) << kFullPolicy;
-  auto config = load_policy_config(good.string());
+TEST(PolicyFile, LoadsFilesAndNamesThemInErrors) {
+  const TemporaryFolder folder;
+  auto config = load_policy_config(folder.write("good.yaml", kFullPolicy));
   ASSERT_TRUE(config) << config.error().message;
   EXPECT_EQ(config->policy_for("acme-corp/x").limits.max_pickle_size, 4ull << 30);
 
-  auto bad = dir_ / "bad.yaml";
-  std::ofstream(bad) << "version: v1\nlimits:\n  max_opcodes: lots\n";
-  auto refused = load_policy_config(bad.string());
+  const std::string bad = folder.write("bad.yaml", "version: v1\nlimits:\n  max_opcodes: lots\n");
+  auto refused = load_policy_config(bad);
   ASSERT_FALSE(refused);
-  EXPECT_THAT(refused.error().message, StartsWith(bad.string() + ":3:16: 'limits.max_opcodes' must be"));
+  EXPECT_THAT(refused.error().message, StartsWith(bad + ":3:16: 'limits.max_opcodes' must be"));
 
-  auto missing = load_policy_config((dir_ / "missing.yaml").string());
+  auto missing = load_policy_config(folder.file("missing.yaml"));
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::kIo);
 }

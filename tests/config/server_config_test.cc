@@ -1,13 +1,11 @@
 #include "config/server_config.h"
 
-#include <unistd.h>
-
-#include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::config {
 namespace {
@@ -16,6 +14,7 @@ using std::chrono::milliseconds;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
+using zoogate::testing::TemporaryFolder;
 
 // Well-formed scrypt hashes (a 16-byte salt and a 32-byte hash); nothing here verifies a password.
 constexpr std::string_view kAliceHash =
@@ -550,32 +549,20 @@ TEST(ServerConfigToYaml, AnyConfigReadsBackToItself) {
 
 class LoadServerConfig : public ::testing::Test {
  protected:
-  void SetUp() override {
-    folder_ = std::filesystem::temp_directory_path() / ("zoogate-server-config-" + std::to_string(getpid()));
-    std::filesystem::create_directories(folder_ / "etc");
-  }
-  void TearDown() override { std::filesystem::remove_all(folder_); }
-
-  std::string write(const std::string& name, std::string_view text) {
-    std::filesystem::path path = folder_ / name;
-    std::ofstream(path, std::ios::binary) << text;
-    return path.string();
-  }
-
-  std::filesystem::path folder_;
+  const TemporaryFolder folder_;
 };
 
 TEST_F(LoadServerConfig, ResolvesARelativePolicyFileAgainstTheConfigFolder) {
-  auto relative = load_server_config(write("etc/zoogate.yaml", "policy_file: policies/policy.yaml\n"));
+  auto relative = load_server_config(folder_.write("etc/zoogate.yaml", "policy_file: policies/policy.yaml\n"));
   ASSERT_TRUE(relative) << relative.error().message;
-  EXPECT_EQ(relative->policy_file, (folder_ / "etc" / "policies" / "policy.yaml").string());
+  EXPECT_EQ(relative->policy_file, folder_.file("etc/policies/policy.yaml"));
 
-  auto absolute = load_server_config(write("etc/absolute.yaml", "policy_file: /srv/policy.yaml\n"));
+  auto absolute = load_server_config(folder_.write("etc/absolute.yaml", "policy_file: /srv/policy.yaml\n"));
   ASSERT_TRUE(absolute) << absolute.error().message;
   EXPECT_EQ(absolute->policy_file, "/srv/policy.yaml");
 
   // Only policy_file travels with the configuration file; other paths follow the working directory.
-  auto others = load_server_config(write("etc/others.yaml", "cache: {dir: cache}\nupstream: {ca_bundle: ca.pem}\n"));
+  auto others = load_server_config(folder_.write("etc/others.yaml", "cache: {dir: cache}\nupstream: {ca_bundle: ca.pem}\n"));
   ASSERT_TRUE(others) << others.error().message;
   EXPECT_EQ(others->policy_file, "");
   EXPECT_EQ(others->cache.dir, "cache");
@@ -583,12 +570,12 @@ TEST_F(LoadServerConfig, ResolvesARelativePolicyFileAgainstTheConfigFolder) {
 }
 
 TEST_F(LoadServerConfig, ErrorsNameTheFile) {
-  std::string path = write("etc/bad.yaml", "io_threads: 1\nio_thread: 2\n");
+  std::string path = folder_.write("etc/bad.yaml", "io_threads: 1\nio_thread: 2\n");
   auto config = load_server_config(path);
   ASSERT_FALSE(config);
   EXPECT_THAT(config.error().message, StartsWith(path + ":2:1: unknown key 'io_thread'"));
 
-  auto missing = load_server_config((folder_ / "missing.yaml").string());
+  auto missing = load_server_config(folder_.file("missing.yaml"));
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::kIo);
   EXPECT_THAT(missing.error().message, HasSubstr("missing.yaml"));

@@ -2,12 +2,13 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::config {
 namespace {
@@ -15,6 +16,7 @@ namespace {
 using std::chrono::milliseconds;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+using zoogate::testing::TemporaryFolder;
 
 constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
 
@@ -274,32 +276,23 @@ TEST(QuoteForMessage, EscapesControlBytesAndCutsLongText) {
   EXPECT_EQ(quote_for_message(std::string(100, 'x')), "'" + std::string(64, 'x') + "...'");
 }
 
-class ConfigFileTest : public ::testing::Test {
- protected:
-  std::filesystem::path dir_ = std::filesystem::path(::testing::TempDir()) / "zoogate_yaml_reader_test";
-  void SetUp() override { std::filesystem::create_directories(dir_); }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-};
+TEST(ConfigFile, ReadsSmallFilesAndRefusesOthers) {
+  const TemporaryFolder folder;
+  EXPECT_EQ(read_config_file(folder.write("small.yaml", "a: 1\n")).value(), "a: 1\n");
 
-TEST_F(ConfigFileTest, ReadsSmallFilesAndRefusesOthers) {
-  auto small = dir_ / "small.yaml";
-  std::ofstream(small) << "a: 1\n";
-  EXPECT_EQ(read_config_file(small.string()).value(), "a: 1\n");
-
-  auto missing = read_config_file((dir_ / "missing.yaml").string());
+  auto missing = read_config_file(folder.file("missing.yaml"));
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::kIo);
   EXPECT_THAT(missing.error().message, HasSubstr("missing.yaml"));
 
-  auto directory = read_config_file(dir_.string());
+  auto directory = read_config_file(folder.path().string());
   ASSERT_FALSE(directory);
   EXPECT_EQ(directory.error().code, ErrorCode::kIo);
 
-  auto big = dir_ / "big.yaml";
-  std::ofstream(big).close();
+  const std::string big = folder.write("big.yaml", "");
   std::filesystem::resize_file(big, kMaxConfigFileBytes + 1);
-  EXPECT_EQ(error_of(read_config_file(big.string())),
-            big.string() + ": larger than 4MiB; configuration files are small");
+  EXPECT_EQ(error_of(read_config_file(big)),
+            big + ": larger than 4MiB; configuration files are small");
 }
 
 }  // namespace

@@ -16,11 +16,13 @@
 #include "common/encoding.h"
 #include "mtd/seeded_random.h"
 #include "mtd/variant_seed.h"
+#include "tests/common/temporary_folder.h"
 
 namespace zoogate::mtd {
 namespace {
 
 using Bytes = std::vector<uint8_t>;
+using zoogate::testing::TemporaryFolder;
 
 const Bytes kSecret = [] {
   Bytes secret(32);
@@ -110,15 +112,8 @@ TEST(VariantSeed, SubSeedsAreIndependentPerPurposeAndDetail) {
 
 class SecretFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    folder_ = std::filesystem::path(::testing::TempDir()) /
-              ("zoogate-mtd-secret-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    std::filesystem::remove_all(folder_);
-    std::filesystem::create_directories(folder_);
-  }
-  void TearDown() override { std::filesystem::remove_all(folder_); }
-  std::string path(const std::string& name) const { return (folder_ / name).string(); }
-  std::filesystem::path folder_;
+  std::string path(const std::string& name) const { return folder_.file(name); }
+  const TemporaryFolder folder_;
 };
 
 TEST_F(SecretFile, CreatesAPrivateRandomSecretThatLoads) {
@@ -134,7 +129,7 @@ TEST_F(SecretFile, CreatesAPrivateRandomSecretThatLoads) {
   ASSERT_TRUE(create_secret_file(path("other")));
   EXPECT_NE(*load_secret(path("other")), *secret);
   // Only the two secrets are left: no temporary files.
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_), std::filesystem::directory_iterator()), 2);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), std::filesystem::directory_iterator()), 2);
 }
 
 TEST_F(SecretFile, NeverReplacesAnExistingSecret) {
@@ -144,7 +139,7 @@ TEST_F(SecretFile, NeverReplacesAnExistingSecret) {
   ASSERT_FALSE(again);
   EXPECT_EQ(again.error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(*load_secret(path("secret")), before);
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_), std::filesystem::directory_iterator()), 1);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), std::filesystem::directory_iterator()), 1);
 }
 
 TEST_F(SecretFile, RefusesShortAndMissingSecrets) {
