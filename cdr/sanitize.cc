@@ -9,6 +9,7 @@
 #include <future>
 #include <memory>
 #include <map>
+#include <numeric>
 #include <set>
 #include <unordered_map>
 #include <utility>
@@ -896,15 +897,26 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
 }
 
 Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages) {
+  std::vector<std::string_view> keys;
+  for (const auto& record : storages) keys.push_back(std::get<StorageRefValue>(tree.at(record.node)).key);
+  const std::vector<size_t> ranks = arrival_ranks(keys);
   std::vector<StorageInfo> infos;
-  for (const auto& record : storages) {
-    const auto& storage = std::get<StorageRefValue>(tree.at(record.node));
-    infos.push_back(StorageInfo{record.node, storage.type, storage.numel, record.source.size});
+  for (size_t i = 0; i < storages.size(); ++i) {
+    const auto& storage = std::get<StorageRefValue>(tree.at(storages[i].node));
+    infos.push_back(StorageInfo{storages[i].node, storage.type, storage.numel, storages[i].source.size, ranks[i]});
   }
-  if (!options_.layout) return LayoutPlan{};
-  auto plan = options_.layout->plan(tree, infos);
-  if (!plan) return tl::unexpected(plan.error());
-  ZG_TRY(validate_plan(*plan, infos));
+  LayoutPlan plan;
+  if (options_.layout) {
+    auto planned = options_.layout->plan(tree, infos);
+    if (!planned) return tl::unexpected(planned.error());
+    plan = std::move(*planned);
+  }
+  if (plan.storage_order.empty()) {
+    // The storages in the order they arrive, so that a rebuild following a download writes front to back.
+    plan.storage_order.resize(storages.size());
+    for (size_t i = 0; i < storages.size(); ++i) plan.storage_order[ranks[i]] = i;
+  }
+  ZG_TRY(validate_plan(plan, infos));
   return plan;
 }
 
@@ -917,13 +929,11 @@ Status Sanitizer::validate_plan(const LayoutPlan& plan, const std::vector<Storag
     });
   };
   if (!is_safe_name(plan.archive_folder)) return fail(ErrorCode::kInternal, "layout plan: bad archive folder");
-  if (!plan.storage_order.empty()) {
-    std::vector<bool> seen(count, false);
-    if (plan.storage_order.size() != count) return fail(ErrorCode::kInternal, "layout plan: order size");
-    for (size_t index : plan.storage_order) {
-      if (index >= count || seen[index]) return fail(ErrorCode::kInternal, "layout plan: order is no permutation");
-      seen[index] = true;
-    }
+  std::vector<bool> placed(count, false);
+  if (plan.storage_order.size() != count) return fail(ErrorCode::kInternal, "layout plan: order size");
+  for (size_t index : plan.storage_order) {
+    if (index >= count || placed[index]) return fail(ErrorCode::kInternal, "layout plan: order is no permutation");
+    placed[index] = true;
   }
   if (!plan.storage_keys.empty()) {
     std::set<std::string, std::less<>> unique(plan.storage_keys.begin(), plan.storage_keys.end());
@@ -957,7 +967,7 @@ Status Sanitizer::write_torch_archive(TorchCheckpoint& checkpoint, HashingSink& 
   auto rebuild = begin_archive(checkpoint, ArchiveOutput(output, nullptr));
   if (!rebuild) return tl::unexpected(rebuild.error());
   for (size_t position = 0; position < checkpoint.storages.size(); ++position) {
-    const size_t i = rebuild->plan.storage_order.empty() ? position : rebuild->plan.storage_order[position];
+    const size_t i = rebuild->plan.storage_order[position];
     ZG_TRY(copy_storage(*rebuild, checkpoint, i, checkpoint.storages[i].source));
   }
   return finish_archive(*rebuild);
@@ -986,7 +996,7 @@ Result<ArchiveRebuild> Sanitizer::begin_archive(TorchCheckpoint& checkpoint, Arc
                                                   {folder + "/byteorder", kByteorderRecord.size()}};
   std::vector<size_t> entry_of_storage(count);
   for (size_t position = 0; position < count; ++position) {
-    const size_t i = plan->storage_order.empty() ? position : plan->storage_order[position];
+    const size_t i = plan->storage_order[position];
     const auto& ref = std::get<StorageRefValue>(tree.at(checkpoint.storages[i].node));
     entry_of_storage[i] = entries.size();
     entries.push_back({folder + "/data/" + ref.key, checkpoint.storages[i].source.size});
@@ -1392,6 +1402,16 @@ SanitizeReport sanitize_into(const ByteSource& input, const Policy& policy, cons
 }
 
 }  // namespace
+
+std::vector<size_t> arrival_ranks(const std::vector<std::string_view>& keys) {
+  std::vector<size_t> order(keys.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  // string_view compares bytes as unsigned, so UTF-8 keys sort by code point, as Python's sorted() does.
+  std::stable_sort(order.begin(), order.end(), [&keys](size_t a, size_t b) { return keys[a] < keys[b]; });
+  std::vector<size_t> ranks(keys.size());
+  for (size_t rank = 0; rank < order.size(); ++rank) ranks[order[rank]] = rank;
+  return ranks;
+}
 
 SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,
                         ByteSink& output) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cdr/policy.h"
@@ -39,7 +40,16 @@ struct StorageInfo {
   StorageType type = StorageType::kFloat;
   uint64_t numel = 0;
   uint64_t size = 0;      // bytes
+  size_t arrival_rank = 0;  // where its bytes come in the input among the storages (arrival_ranks)
 };
+
+// The order in which the storages named by `keys` (their record keys in the input, one per storage)
+// arrive in a file torch.save wrote: it writes the records sorted by key as text ("0", "1", "10",
+// "11", ..., "2"), archive and legacy format alike. Returns each storage's rank in that order. A
+// rebuild that follows a download writes its output front to back only if it writes the storages in
+// this order; other producers' files are rebuilt all the same, with more of the work after their
+// last byte.
+std::vector<size_t> arrival_ranks(const std::vector<std::string_view>& keys);
 
 // A function-preserving rewrite of one storage's bytes: the storage is viewed as a C-contiguous array
 // of `shape`, and slice j along `axis` of the output is slice source_index[j] of the input
@@ -55,7 +65,7 @@ struct StorageRewrite {
 struct LayoutPlan {
   std::string archive_folder = "archive";
   uint64_t pickle_seed = 0;                  // PickleWriteOptions::seed
-  std::vector<size_t> storage_order;         // write order as indices into the storages; empty: as found
+  std::vector<size_t> storage_order;         // write order as indices into the storages; empty: arrival order
   std::vector<std::string> storage_keys;     // record name of each storage (by index); empty: "0", "1", ...
   std::vector<std::optional<StorageRewrite>> rewrites;  // by storage index; empty: none
   std::vector<std::string> notes;            // what the plan did, for the report

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <string_view>
 #include <utility>
 
@@ -21,18 +22,21 @@ constexpr std::array<std::string_view, 12> kFolderStems = {
 // distinct without a set, and neither their order nor their values follow the original numbering.
 constexpr uint64_t kRecordNameSpread = 4;
 
-// Why windows rather than one shuffle of all: the rebuilt file's SHA-256 can only advance over a
-// complete front of it, so under a full shuffle most of the file is hashed after its last byte has
-// arrived, a wait that grows with the file (0.4 s per GiB). With windows the hash trails the download
-// by one window at most. The storages come in the order torch.save writes them, which is the order a
-// download delivers them.
-std::vector<size_t> storage_order(const VariantSeed& seed, size_t count) {
+// Why windows of the arrival order rather than one shuffle of all: a rebuild that follows a download
+// can only hash the front of its output that is complete, so under a full shuffle most of the file is
+// hashed after its last byte has arrived, a wait that grows with the file (0.4 s per GiB). With
+// windows the hash trails the download by one window at most.
+std::vector<size_t> storage_order(const VariantSeed& seed, const std::vector<cdr::StorageInfo>& storages) {
+  std::vector<size_t> arriving(storages.size());
+  std::iota(arriving.begin(), arriving.end(), size_t{0});
+  std::stable_sort(arriving.begin(), arriving.end(),
+                   [&storages](size_t a, size_t b) { return storages[a].arrival_rank < storages[b].arrival_rank; });
   SeededRandom random(seed.sub_seed(SeedPurpose::kRecordOrder));
   std::vector<size_t> order;
-  order.reserve(count);
-  for (size_t window_start = 0; window_start < count; window_start += kStorageOrderWindow) {
-    const auto window = static_cast<uint32_t>(std::min(kStorageOrderWindow, count - window_start));
-    for (uint32_t offset : random.permutation(window)) order.push_back(window_start + offset);
+  order.reserve(arriving.size());
+  for (size_t window_start = 0; window_start < arriving.size(); window_start += kStorageOrderWindow) {
+    const auto window = static_cast<uint32_t>(std::min(kStorageOrderWindow, arriving.size() - window_start));
+    for (uint32_t offset : random.permutation(window)) order.push_back(arriving[window_start + offset]);
   }
   return order;
 }
@@ -67,7 +71,7 @@ Result<cdr::LayoutPlan> LayoutVariation::plan(const cdr::ValueTree& tree,
   cdr::LayoutPlan plan;
   plan.archive_folder = folder_name(seed_);
   plan.storage_keys = record_names(seed_, storages.size());
-  plan.storage_order = storage_order(seed_, storages.size());
+  plan.storage_order = storage_order(seed_, storages);
   SeededRandom memo_random(seed_.sub_seed(SeedPurpose::kPickleMemo));
   plan.pickle_seed = memo_random.next() | 1;  // never 0, which would mean the canonical memo numbering
   plan.notes.push_back("layout variation: seed id " + seed_.id() + ", archive folder " + plan.archive_folder + ", " +

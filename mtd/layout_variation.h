@@ -3,10 +3,10 @@
 // From one VariantSeed it chooses the archive folder name (a plausible torch.save-style stem with a
 // number, "checkpoint_4821"), the storage record names (distinct numbers, as torch.save writes them,
 // drawn from a range four times the storage count), the order in which the storages are written
-// (shuffled within windows of consecutive storages, so that a rebuild following a download can hash
-// its output as it goes), the pickle writer's memo seed, and, when enabled, function-preserving weight
-// permutations (weight_permutation.h). The loaded model is the same for every seed; with weight variation it
-// computes the same function. Each choice draws from its own sub-seed, so the same seed always gives
+// (shuffled within windows of storages that arrive one after the other, so that a rebuild following a
+// download can hash its output as it goes), the pickle writer's memo seed, and, when enabled,
+// function-preserving weight permutations (weight_permutation.h). The loaded model is the same for
+// every seed; with weight variation it computes the same function. Each choice draws from its own sub-seed, so the same seed always gives
 // the same plan, and hence the same bytes.
 //
 // Thread safety: a LayoutVariation is immutable after construction; plan() may run on many threads.
@@ -28,8 +28,9 @@
 
 namespace zoogate::mtd {
 
-// Storages are reordered within consecutive windows of this many: each full window has 8! = 40,320
-// orders (15 bits of variation), on top of the record names, which vary over the whole file.
+// Storages are reordered within windows of this many that arrive one after the other
+// (cdr::StorageInfo::arrival_rank): each full window has 8! = 40,320 orders (15 bits of variation),
+// on top of the record names, which vary over the whole file.
 inline constexpr size_t kStorageOrderWindow = 8;
 
 // Everything that decides which variant a client gets, and how far variation goes.

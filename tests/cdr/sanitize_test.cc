@@ -299,10 +299,13 @@ ValueTree multi_storage_tree(size_t count) {
 std::vector<std::pair<std::string, Bytes>> multi_storage_entries(size_t count) {
   std::vector<std::pair<std::string, Bytes>> entries = {{"ckpt/data.pkl", pickle_of(multi_storage_tree(count))},
                                                         {"ckpt/byteorder", bytes_of("little")}};
-  for (size_t i = 0; i < count; ++i) {
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < count; ++i) keys.push_back(std::to_string(i));
+  std::sort(keys.begin(), keys.end());  // as torch.save writes the records: by key as text
+  for (const std::string& key : keys) {
     Bytes storage = kStorage;
-    storage[0] = static_cast<uint8_t>(i + 1);
-    entries.emplace_back("ckpt/data/" + std::to_string(i), storage);
+    storage[0] = static_cast<uint8_t>(std::stoul(key) + 1);
+    entries.emplace_back("ckpt/data/" + key, storage);
   }
   entries.emplace_back("ckpt/version", bytes_of("3\n"));
   return entries;
@@ -339,6 +342,56 @@ class RecordingSource final : public ByteSource {
   mutable std::mutex mutex_;
   mutable std::vector<std::pair<uint64_t, size_t>> reads_;
 };
+
+// Remembers where each write went, to show in what order the engine assembled its output.
+class RecordingSink final : public RandomAccessSink {
+ public:
+  uint64_t position() const override { return sink_.position(); }
+  Status write_at(uint64_t offset, std::span<const uint8_t> bytes) override {
+    write_offsets_.push_back(offset);
+    return sink_.write_at(offset, bytes);
+  }
+  Status read_back(uint64_t offset, std::span<uint8_t> out) override { return sink_.read_back(offset, out); }
+  const std::vector<uint64_t>& write_offsets() const { return write_offsets_; }
+  const Bytes& bytes() const { return sink_.bytes(); }
+
+ private:
+  Status write_bytes(std::span<const uint8_t> bytes) override {
+    write_offsets_.push_back(sink_.position());
+    return sink_.write(bytes);
+  }
+  MemorySink sink_;
+  std::vector<uint64_t> write_offsets_;
+};
+
+TEST(Sanitize, ArrivalRanksFollowTorchSavesRecordOrder) {
+  EXPECT_EQ(arrival_ranks({"0", "1", "2", "10", "11", "3"}), (std::vector<size_t>{0, 1, 4, 2, 3, 5}));
+  EXPECT_EQ(arrival_ranks({"b", "a", "\xc3\xa9", "z"}), (std::vector<size_t>{1, 0, 3, 2}));  // "é" after "z"
+  EXPECT_TRUE(arrival_ranks({}).empty());
+}
+
+// torch.save writes its records sorted by key as text (0, 1, 10, 11, 2, ...). The canonical layout
+// keeps that order, so a download arriving in it is rebuilt front to back, and the rebuilt file's
+// digest keeps up with the download instead of waiting for its last byte.
+TEST(Sanitize, RebuildsAnArrivingTorchSaveArchiveFrontToBack) {
+  const Bytes input = archive(multi_storage_entries(12));
+  RecordingSink sink;
+  SanitizeOptions options;
+  options.input_arrives_in_order = true;
+  options.known_input_sha256 = Sha256::of(input);
+  SanitizeReport report = sanitize(MemorySource(input), Policy{}, options, sink);
+  ASSERT_EQ(report.verdict, Verdict::kClean) << report.error->describe();
+  EXPECT_TRUE(std::is_sorted(sink.write_offsets().begin(), sink.write_offsets().end()));
+  MemorySource output(sink.bytes());
+  auto directory = read_zip_directory(output, ZipLimits{});
+  ASSERT_TRUE(directory) << directory.error().describe();
+  std::vector<std::string> storages;
+  for (const ZipEntry& entry : directory->entries()) {
+    if (entry.name.starts_with("archive/data/")) storages.push_back(entry.name.substr(13));
+  }
+  EXPECT_EQ(storages, (std::vector<std::string>{"0", "1", "10", "11", "2", "3", "4", "5", "6", "7", "8", "9"}));
+  EXPECT_EQ(run(input, Policy{}, SanitizeOptions{}).output, sink.bytes());  // the finished file's rebuild
+}
 
 // Sanitizes `input` as an arriving download, and returns the reads it made.
 std::vector<std::pair<uint64_t, size_t>> arriving_reads(const Bytes& input, const LayoutPlanner* planner) {
