@@ -912,9 +912,16 @@ Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vect
     plan = std::move(*planned);
   }
   if (plan.storage_order.empty()) {
-    // The storages in the order they arrive, so that a rebuild following a download writes front to back.
+    // By the names written, as torch.save orders its records: a file it wrote arrives in this order
+    // (its names are the canonical ones), and the order does not depend on the input's own names, so
+    // that a rebuilt file rebuilds to the same bytes.
+    std::vector<std::string> names;
+    for (size_t i = 0; i < storages.size(); ++i) {
+      names.push_back(plan.storage_keys.empty() ? std::to_string(i) : plan.storage_keys[i]);
+    }
+    const std::vector<size_t> written_ranks = arrival_ranks(std::vector<std::string_view>(names.begin(), names.end()));
     plan.storage_order.resize(storages.size());
-    for (size_t i = 0; i < storages.size(); ++i) plan.storage_order[ranks[i]] = i;
+    for (size_t i = 0; i < storages.size(); ++i) plan.storage_order[written_ranks[i]] = i;
   }
   ZG_TRY(validate_plan(plan, infos));
   return plan;

@@ -65,7 +65,8 @@ struct StorageRewrite {
 struct LayoutPlan {
   std::string archive_folder = "archive";
   uint64_t pickle_seed = 0;                  // PickleWriteOptions::seed
-  std::vector<size_t> storage_order;         // write order as indices into the storages; empty: arrival order
+  std::vector<size_t> storage_order;         // write order as indices into the storages; empty: by record name
+                                             // as text, as torch.save writes them (arrival_ranks of the names)
   std::vector<std::string> storage_keys;     // record name of each storage (by index); empty: "0", "1", ...
   std::vector<std::optional<StorageRewrite>> rewrites;  // by storage index; empty: none
   std::vector<std::string> notes;            // what the plan did, for the report

@@ -4,6 +4,7 @@
 // tests/integration; here each rule gets a minimal, exact case.
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -282,13 +283,14 @@ TEST(Sanitize, BlocksNpzMembersThatAreNotPlainArrays) {
   expect_blocked(run(archive({{"weights.npy", bytes_of("\x80\x02N.")}})), ErrorCode::kParse, "weights.npy");
 }
 
-// A state dict of `count` tensors of 4 floats, each over its own storage (keys "0", "1", ...), and its
-// entries in torch.save's order for PyTorch 2 (pickle, byteorder, storages, version).
-ValueTree multi_storage_tree(size_t count) {
+// A state dict of tensors of 4 floats, each over its own storage, named by `keys` in first-reference
+// order (torch.save's are "0", "1", ...), and its entries in torch.save's order for PyTorch 2 (pickle,
+// byteorder, storages, version).
+ValueTree multi_storage_tree(const std::vector<std::string>& keys) {
   ValueTree tree;
   OrderedDictValue dict;
-  for (size_t i = 0; i < count; ++i) {
-    NodeId storage = tree.add(StorageRefValue{StorageType::kFloat, std::to_string(i), "cpu", 4});
+  for (size_t i = 0; i < keys.size(); ++i) {
+    NodeId storage = tree.add(StorageRefValue{StorageType::kFloat, keys[i], "cpu", 4});
     NodeId tensor = tree.add(TensorValue{storage, 0, {4}, {1}, false, false, std::nullopt});
     dict.items.emplace_back(tree.add(StrValue{"t" + std::to_string(i)}), tensor);
   }
@@ -296,19 +298,30 @@ ValueTree multi_storage_tree(size_t count) {
   return tree;
 }
 
-std::vector<std::pair<std::string, Bytes>> multi_storage_entries(size_t count) {
-  std::vector<std::pair<std::string, Bytes>> entries = {{"ckpt/data.pkl", pickle_of(multi_storage_tree(count))},
-                                                        {"ckpt/byteorder", bytes_of("little")}};
+std::vector<std::string> torch_save_keys(size_t count) {
   std::vector<std::string> keys;
   for (size_t i = 0; i < count; ++i) keys.push_back(std::to_string(i));
-  std::sort(keys.begin(), keys.end());  // as torch.save writes the records: by key as text
-  for (const std::string& key : keys) {
+  return keys;
+}
+
+std::vector<std::pair<std::string, Bytes>> multi_storage_entries(const std::vector<std::string>& keys) {
+  std::vector<std::pair<std::string, Bytes>> entries = {{"ckpt/data.pkl", pickle_of(multi_storage_tree(keys))},
+                                                        {"ckpt/byteorder", bytes_of("little")}};
+  std::vector<size_t> by_key(keys.size());
+  std::iota(by_key.begin(), by_key.end(), size_t{0});
+  // As torch.save writes the records: sorted by key as text.
+  std::sort(by_key.begin(), by_key.end(), [&keys](size_t a, size_t b) { return keys[a] < keys[b]; });
+  for (size_t i : by_key) {
     Bytes storage = kStorage;
-    storage[0] = static_cast<uint8_t>(std::stoul(key) + 1);
-    entries.emplace_back("ckpt/data/" + key, storage);
+    storage[0] = static_cast<uint8_t>(i + 1);
+    entries.emplace_back("ckpt/data/" + keys[i], storage);
   }
   entries.emplace_back("ckpt/version", bytes_of("3\n"));
   return entries;
+}
+
+std::vector<std::pair<std::string, Bytes>> multi_storage_entries(size_t count) {
+  return multi_storage_entries(torch_save_keys(count));
 }
 
 // Writes the storages in reverse order, as a layout variation may: the arriving rebuild then fills the
@@ -391,6 +404,18 @@ TEST(Sanitize, RebuildsAnArrivingTorchSaveArchiveFrontToBack) {
   }
   EXPECT_EQ(storages, (std::vector<std::string>{"0", "1", "10", "11", "2", "3", "4", "5", "6", "7", "8", "9"}));
   EXPECT_EQ(run(input, Policy{}, SanitizeOptions{}).output, sink.bytes());  // the finished file's rebuild
+}
+
+// The canonical layout depends on what the file holds, not on the names its writer gave the records:
+// whatever they were, the rebuilt file rebuilds to itself.
+TEST(Sanitize, TheCanonicalLayoutDoesNotFollowTheInputsRecordNames) {
+  const std::vector<std::string> keys = {"b", "a", "10", "9", "z0", "c"};
+  const Outcome first = run(archive(multi_storage_entries(keys)));
+  ASSERT_EQ(first.report.verdict, Verdict::kClean) << first.report.error->describe();
+  const Outcome second = run(first.output);
+  ASSERT_EQ(second.report.verdict, Verdict::kClean) << second.report.error->describe();
+  EXPECT_EQ(second.output, first.output);
+  EXPECT_EQ(first.output, run(archive(multi_storage_entries(torch_save_keys(keys.size())))).output);
 }
 
 // Sanitizes `input` as an arriving download, and returns the reads it made.
