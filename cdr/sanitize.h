@@ -43,12 +43,11 @@ struct StorageInfo {
   size_t arrival_rank = 0;  // where its bytes come in the input among the storages (arrival_ranks)
 };
 
-// The order in which the storages named by `keys` (their record keys in the input, one per storage)
-// arrive in a file torch.save wrote: it writes the records sorted by key as text ("0", "1", "10",
-// "11", ..., "2"), archive and legacy format alike. Returns each storage's rank in that order. A
-// rebuild that follows a download writes its output front to back only if it writes the storages in
-// this order; other producers' files are rebuilt all the same, with more of the work after their
-// last byte.
+// Each storage's rank in the order torch.save writes storage records named `keys` (one per storage):
+// sorted by name as text ("0", "1", "10", "11", ..., "2"), archive and legacy format alike. Of the
+// input's names, it is the order a file torch.save wrote arrives in: a rebuild that follows a download
+// writes its output front to back only if it keeps to it. Other producers' files are rebuilt all the
+// same, with more of the work after their last byte.
 std::vector<size_t> arrival_ranks(const std::vector<std::string_view>& keys);
 
 // A function-preserving rewrite of one storage's bytes: the storage is viewed as a C-contiguous array

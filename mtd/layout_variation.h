@@ -6,8 +6,8 @@
 // (shuffled within windows of storages that arrive one after the other, so that a rebuild following a
 // download can hash its output as it goes), the pickle writer's memo seed, and, when enabled,
 // function-preserving weight permutations (weight_permutation.h). The loaded model is the same for
-// every seed; with weight variation it computes the same function. Each choice draws from its own sub-seed, so the same seed always gives
-// the same plan, and hence the same bytes.
+// every seed; with weight variation it computes the same function. Each choice draws from its own
+// sub-seed, so the same seed always gives the same plan, and hence the same bytes.
 //
 // Thread safety: a LayoutVariation is immutable after construction; plan() may run on many threads.
 #pragma once

@@ -4,8 +4,8 @@
 // tests/integration; here each rule gets a minimal, exact case.
 #include <algorithm>
 #include <map>
-#include <numeric>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <vector>
 

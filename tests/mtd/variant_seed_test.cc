@@ -129,7 +129,7 @@ TEST_F(SecretFile, CreatesAPrivateRandomSecretThatLoads) {
   ASSERT_TRUE(create_secret_file(path("other")));
   EXPECT_NE(*load_secret(path("other")), *secret);
   // Only the two secrets are left: no temporary files.
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), std::filesystem::directory_iterator()), 2);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), {}), 2);
 }
 
 TEST_F(SecretFile, NeverReplacesAnExistingSecret) {
@@ -139,7 +139,7 @@ TEST_F(SecretFile, NeverReplacesAnExistingSecret) {
   ASSERT_FALSE(again);
   EXPECT_EQ(again.error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(*load_secret(path("secret")), before);
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), std::filesystem::directory_iterator()), 1);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(folder_.path()), {}), 1);
 }
 
 TEST_F(SecretFile, RefusesShortAndMissingSecrets) {
