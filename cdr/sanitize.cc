@@ -897,13 +897,10 @@ Result<Sha256::Digest> Sanitizer::copy_rewritten_record(const RecordSource& sour
 }
 
 Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vector<StorageRecord>& storages) {
-  std::vector<std::string_view> keys;
-  for (const auto& record : storages) keys.push_back(std::get<StorageRefValue>(tree.at(record.node)).key);
-  const std::vector<size_t> ranks = arrival_ranks(keys);
   std::vector<StorageInfo> infos;
-  for (size_t i = 0; i < storages.size(); ++i) {
-    const auto& storage = std::get<StorageRefValue>(tree.at(storages[i].node));
-    infos.push_back(StorageInfo{storages[i].node, storage.type, storage.numel, storages[i].source.size, ranks[i]});
+  for (const auto& record : storages) {
+    const auto& storage = std::get<StorageRefValue>(tree.at(record.node));
+    infos.push_back(StorageInfo{record.node, storage.type, storage.numel, record.source.size});
   }
   LayoutPlan plan;
   if (options_.layout) {
@@ -915,13 +912,9 @@ Result<LayoutPlan> Sanitizer::plan_layout(const ValueTree& tree, const std::vect
     // By the names written, as torch.save orders its records: a file it wrote arrives in this order
     // (its names are the canonical ones), and the order does not depend on the input's own names, so
     // that a rebuilt file rebuilds to the same bytes.
-    std::vector<std::string> names;
-    for (size_t i = 0; i < storages.size(); ++i) {
-      names.push_back(plan.storage_keys.empty() ? std::to_string(i) : plan.storage_keys[i]);
-    }
-    const std::vector<size_t> written_ranks = arrival_ranks(std::vector<std::string_view>(names.begin(), names.end()));
-    plan.storage_order.resize(storages.size());
-    for (size_t i = 0; i < storages.size(); ++i) plan.storage_order[written_ranks[i]] = i;
+    std::vector<std::string> names = plan.storage_keys;
+    for (size_t i = names.size(); i < storages.size(); ++i) names.push_back(std::to_string(i));
+    plan.storage_order = torch_save_order(names);
   }
   ZG_TRY(validate_plan(plan, infos));
   return plan;
@@ -1410,14 +1403,12 @@ SanitizeReport sanitize_into(const ByteSource& input, const Policy& policy, cons
 
 }  // namespace
 
-std::vector<size_t> arrival_ranks(const std::vector<std::string_view>& keys) {
-  std::vector<size_t> order(keys.size());
+std::vector<size_t> torch_save_order(const std::vector<std::string>& names) {
+  std::vector<size_t> order(names.size());
   std::iota(order.begin(), order.end(), size_t{0});
-  // string_view compares bytes as unsigned, so UTF-8 keys sort by code point, as Python's sorted() does.
-  std::stable_sort(order.begin(), order.end(), [&keys](size_t a, size_t b) { return keys[a] < keys[b]; });
-  std::vector<size_t> ranks(keys.size());
-  for (size_t rank = 0; rank < order.size(); ++rank) ranks[order[rank]] = rank;
-  return ranks;
+  // std::string compares bytes as unsigned, so UTF-8 names sort by code point, as Python's sorted() does.
+  std::stable_sort(order.begin(), order.end(), [&names](size_t a, size_t b) { return names[a] < names[b]; });
+  return order;
 }
 
 SanitizeReport sanitize(const ByteSource& input, const Policy& policy, const SanitizeOptions& options,

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "cdr/policy.h"
@@ -40,15 +39,14 @@ struct StorageInfo {
   StorageType type = StorageType::kFloat;
   uint64_t numel = 0;
   uint64_t size = 0;      // bytes
-  size_t arrival_rank = 0;  // where its bytes come in the input among the storages (arrival_ranks)
 };
 
-// Each storage's rank in the order torch.save writes storage records named `keys` (one per storage):
-// sorted by name as text ("0", "1", "10", "11", ..., "2"), archive and legacy format alike. Of the
-// input's names, it is the order a file torch.save wrote arrives in: a rebuild that follows a download
-// writes its output front to back only if it keeps to it. Other producers' files are rebuilt all the
-// same, with more of the work after their last byte.
-std::vector<size_t> arrival_ranks(const std::vector<std::string_view>& keys);
+// The order in which torch.save writes storage records named `names` (one per storage), as indices
+// into `names`: sorted by name as text ("0", "1", "10", "11", ..., "2"), archive and legacy format
+// alike. Applied to the input's record names, it is the order a file torch.save wrote arrives in: a
+// rebuild that follows a download writes its output front to back only if it keeps to it. Other
+// producers' files are rebuilt all the same, with more of the work after their last byte.
+std::vector<size_t> torch_save_order(const std::vector<std::string>& names);
 
 // A function-preserving rewrite of one storage's bytes: the storage is viewed as a C-contiguous array
 // of `shape`, and slice j along `axis` of the output is slice source_index[j] of the input
@@ -65,7 +63,7 @@ struct LayoutPlan {
   std::string archive_folder = "archive";
   uint64_t pickle_seed = 0;                  // PickleWriteOptions::seed
   std::vector<size_t> storage_order;         // write order as indices into the storages; empty: by record name
-                                             // as text, as torch.save writes them (arrival_ranks of the names)
+                                             // as text, as torch.save writes them (torch_save_order)
   std::vector<std::string> storage_keys;     // record name of each storage (by index); empty: "0", "1", ...
   std::vector<std::optional<StorageRewrite>> rewrites;  // by storage index; empty: none
   std::vector<std::string> notes;            // what the plan did, for the report

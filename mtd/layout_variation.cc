@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <numeric>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -25,12 +25,15 @@ constexpr uint64_t kRecordNameSpread = 4;
 // Why windows of the arrival order rather than one shuffle of all: a rebuild that follows a download
 // can only hash the front of its output that is complete, so under a full shuffle most of the file is
 // hashed after its last byte has arrived, a wait that grows with the file (0.4 s per GiB). With
-// windows the hash trails the download by one window at most.
-std::vector<size_t> storage_order(const VariantSeed& seed, const std::vector<cdr::StorageInfo>& storages) {
-  std::vector<size_t> arriving(storages.size());
-  std::iota(arriving.begin(), arriving.end(), size_t{0});
-  std::stable_sort(arriving.begin(), arriving.end(),
-                   [&storages](size_t a, size_t b) { return storages[a].arrival_rank < storages[b].arrival_rank; });
+// windows the hash trails the download by one window at most. The storages arrive in torch.save's
+// order of their names in the input.
+std::vector<size_t> storage_order(const VariantSeed& seed, const cdr::ValueTree& tree,
+                                  const std::vector<cdr::StorageInfo>& storages) {
+  std::vector<std::string> input_names;
+  for (const cdr::StorageInfo& storage : storages) {
+    input_names.push_back(std::get<cdr::StorageRefValue>(tree.at(storage.node)).key);
+  }
+  const std::vector<size_t> arriving = cdr::torch_save_order(input_names);
   SeededRandom random(seed.sub_seed(SeedPurpose::kRecordOrder));
   std::vector<size_t> order;
   order.reserve(arriving.size());
@@ -71,7 +74,7 @@ Result<cdr::LayoutPlan> LayoutVariation::plan(const cdr::ValueTree& tree,
   cdr::LayoutPlan plan;
   plan.archive_folder = folder_name(seed_);
   plan.storage_keys = record_names(seed_, storages.size());
-  plan.storage_order = storage_order(seed_, storages);
+  plan.storage_order = storage_order(seed_, tree, storages);
   SeededRandom memo_random(seed_.sub_seed(SeedPurpose::kPickleMemo));
   plan.pickle_seed = memo_random.next() | 1;  // never 0, which would mean the canonical memo numbering
   plan.notes.push_back("layout variation: seed id " + seed_.id() + ", archive folder " + plan.archive_folder + ", " +

@@ -29,7 +29,7 @@
 namespace zoogate::mtd {
 
 // Storages are reordered within windows of this many that arrive one after the other
-// (cdr::StorageInfo::arrival_rank): each full window has 8! = 40,320 orders (15 bits of variation),
+// (cdr::torch_save_order of their names in the input): each full window has 8! = 40,320 orders (15 bits of variation),
 // on top of the record names, which vary over the whole file.
 inline constexpr size_t kStorageOrderWindow = 8;
 

@@ -377,10 +377,10 @@ class RecordingSink final : public RandomAccessSink {
   std::vector<uint64_t> write_offsets_;
 };
 
-TEST(Sanitize, ArrivalRanksFollowTorchSavesRecordOrder) {
-  EXPECT_EQ(arrival_ranks({"0", "1", "2", "10", "11", "3"}), (std::vector<size_t>{0, 1, 4, 2, 3, 5}));
-  EXPECT_EQ(arrival_ranks({"b", "a", "\xc3\xa9", "z"}), (std::vector<size_t>{1, 0, 3, 2}));  // "é" after "z"
-  EXPECT_TRUE(arrival_ranks({}).empty());
+TEST(Sanitize, TorchSaveOrderSortsNamesAsText) {
+  EXPECT_EQ(torch_save_order({"0", "1", "2", "10", "11", "3"}), (std::vector<size_t>{0, 1, 3, 4, 2, 5}));
+  EXPECT_EQ(torch_save_order({"b", "a", "\xc3\xa9", "z"}), (std::vector<size_t>{1, 0, 3, 2}));  // "é" after "z"
+  EXPECT_TRUE(torch_save_order({}).empty());
 }
 
 // torch.save writes its records sorted by key as text (0, 1, 10, 11, 2, ...). The canonical layout

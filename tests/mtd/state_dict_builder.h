@@ -3,7 +3,6 @@
 #pragma once
 
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -55,16 +54,12 @@ class StateDictBuilder {
   // The storages in first-reference order, as the engine hands them to a planner.
   static std::vector<cdr::StorageInfo> storages_of(const cdr::ValueTree& tree) {
     std::vector<cdr::StorageInfo> storages;
-    std::vector<std::string_view> keys;
     for (cdr::NodeId id : cdr::reachable_nodes(tree)) {
       if (const auto* storage = std::get_if<cdr::StorageRefValue>(&tree.at(id))) {
         storages.push_back(cdr::StorageInfo{id, storage->type, storage->numel,
                                             storage->numel * cdr::storage_element_size(storage->type)});
-        keys.push_back(storage->key);
       }
     }
-    const std::vector<size_t> ranks = cdr::arrival_ranks(keys);
-    for (size_t i = 0; i < storages.size(); ++i) storages[i].arrival_rank = ranks[i];
     return storages;
   }
 
