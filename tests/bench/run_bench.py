@@ -761,8 +761,8 @@ def measure_cold_pickle(options, folder, origin_rate=None):
 def new_files_command(source, folder):
     """A command that writes `source` (in memory) to two new files in `folder` and deletes them: the
     page-cache writes of a cold download, whose spool and rebuilt file are new files of about the
-    checkpoint's size, without the network, the hashing or the disarm. Written as zoogate writes them,
-    1 MiB at a time."""
+    checkpoint's size, without the network, the hashing or the disarm. Written 1 MiB at a time, as
+    zoogate writes its spool."""
     copies = [folder / "new-file-1", folder / "new-file-2"]
     script = " && ".join([*(f"dd if={shlex.quote(str(source))} of={shlex.quote(str(copy))} bs=1M status=none"
                             for copy in copies),
