@@ -33,7 +33,7 @@ constexpr std::array<std::string_view, 13> kTopLevelKeys = {
 constexpr std::array<std::string_view, 10> kUpstreamKeys = {
     "hub_url", "redirect_hosts", "ca_bundle", "connect_timeout", "read_timeout", "retries",
     "max_idle_connections", "max_redirects", "resolution_ttl", "max_resolutions"};
-constexpr std::array<std::string_view, 2> kCacheKeys = {"dir", "max_size"};
+constexpr std::array<std::string_view, 3> kCacheKeys = {"dir", "max_size", "spool_direct_io"};
 constexpr std::array<std::string_view, 5> kPipelineKeys = {"client_wait", "retry_after", "max_artifact_size",
                                                            "buffer_before_send", "stream_piece_size"};
 constexpr std::array<std::string_view, 5> kMtdKeys = {"layout_variation", "secret_file", "epoch",
@@ -367,6 +367,7 @@ Status read_upstream(const YamlMapping& section, UpstreamConfig& upstream) {
 Status read_cache(const YamlMapping& section, CacheConfig& cache) {
   ZG_TRY(read_key(section, "dir", cache.dir, &YamlNode::as_string));
   ZG_TRY(read_key(section, "max_size", cache.max_size, kCacheMaxSize));
+  ZG_TRY(read_key(section, "spool_direct_io", cache.spool_direct_io, &YamlNode::as_bool));
   return {};
 }
 
@@ -697,6 +698,7 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   out.line(0, "cache", "");
   out.line(2, "dir", yaml_quoted(config.cache.dir), "relative to the working directory");
   out.line(2, "max_size", bytes(config.cache.max_size), kCacheMaxSize.text());
+  out.line(2, "spool_direct_io", boolean(config.cache.spool_direct_io));
 
   const PipelineConfig& pipeline = config.pipeline;
   out.line(0, "pipeline", "");

@@ -65,6 +65,8 @@ struct UpstreamConfig {
 struct CacheConfig {
   std::string dir = "zoogate-cache";
   uint64_t max_size = 50ull << 30;
+  // Downloads into the spool bypass the page cache (O_DIRECT); see proxy/spool_file.h.
+  bool spool_direct_io = false;
   bool operator==(const CacheConfig&) const = default;
 };
 

@@ -297,7 +297,7 @@ std::shared_ptr<Completion<ArtifactOutcome>> ArtifactPipeline::start(const Upstr
     spool_path = cache_.temporary_path("spool");
     job->temporary_spool = true;
   }
-  auto spool = SpoolFile::create(spool_path, job->file.size);
+  auto spool = SpoolFile::create(spool_path, job->file.size, settings_.spool_direct_io);
   if (!spool) {
     finish_job(job, failed_outcome("cannot spool the download: " + spool.error().describe(), "io"));
     return job->outcome;

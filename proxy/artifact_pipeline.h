@@ -117,6 +117,7 @@ struct PipelineSettings {
   std::vector<uint8_t> mtd_secret;  // empty: no layout variation (canonical layout)
   uint64_t mtd_epoch = 0;
   bool permute_weights = false;
+  bool spool_direct_io = false;  // downloads into the spool bypass the page cache
 };
 
 class ArtifactPipeline {

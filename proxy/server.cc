@@ -732,6 +732,7 @@ Result<std::unique_ptr<Server>> Server::create(config::ServerConfig config) {
   pipeline_settings.max_artifact_size = settings.pipeline.max_artifact_size;
   pipeline_settings.mtd_epoch = settings.mtd.epoch;
   pipeline_settings.permute_weights = settings.mtd.permute_weights;
+  pipeline_settings.spool_direct_io = settings.cache.spool_direct_io;
   if (settings.mtd.layout_variation) {
     const std::string secret_file =
         settings.mtd.secret_file.empty() ? (cache_dir / "mtd-secret").string() : settings.mtd.secret_file;

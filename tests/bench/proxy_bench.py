@@ -425,8 +425,8 @@ class Zoogate(ServerProcess):
 
 def zoogate_config(folder, origin_port, ca_pem, cache_dir, **sections):
     """The benchmarks' zoogate configuration: loopback listeners on ephemeral ports, the origin as the
-    Hub (localhost and 127.0.0.1 allowed as redirect targets), the test CA; `sections` adds or
-    replaces top-level keys (pipeline: {...})."""
+    Hub (localhost and 127.0.0.1 allowed as redirect targets), the test CA; `sections` adds top-level
+    keys (pipeline: {...}), merged into these defaults where both are mappings."""
     config = {
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:0",
@@ -438,7 +438,9 @@ def zoogate_config(folder, origin_port, ca_pem, cache_dir, **sections):
         # here: the origin's CDN answers at localhost, a loopback address.
         "egress": {"allow_private_destinations": ["localhost"]},
     }
-    config.update(sections)
+    for key, value in sections.items():
+        merged = isinstance(value, dict) and isinstance(config.get(key), dict)
+        config[key] = {**config[key], **value} if merged else value
     return config
 
 

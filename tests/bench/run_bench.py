@@ -693,11 +693,13 @@ def bench_proxy_pass_through(options):
     return BenchResult(figures, details)
 
 
-def measure_cold_pickle(options, folder, origin_rate=None):
+def measure_cold_pickle(options, folder, origin_rate=None, with_direct_io=False):
     """Times, in rounds, nginx proxy_pass of the checkpoint, zoogate's cold download and a cached
-    download of it (a fresh zoogate each round), and zoogate passing a safetensors file of the same
-    size through. `origin_rate` limits what the origin sends per connection (nginx `limit_rate`, as
-    "125m"), to stand for a network link. Returns the figures' inputs and the run details."""
+    download of it (a fresh zoogate each round), zoogate passing a safetensors file of the same size
+    through, and writing the checkpoint to two new files. `origin_rate` limits what the origin sends
+    per connection (nginx `limit_rate`, as "125m"), to stand for a network link; `with_direct_io`
+    adds a cold download with `cache.spool_direct_io` on. Returns the figures' inputs and the run
+    details."""
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
     checkpoint = cached_llama_checkpoint(options.work, options.checkpoint_mib)
@@ -710,7 +712,7 @@ def measure_cold_pickle(options, folder, origin_rate=None):
     log_path = folder / "runs.log"
     measured = {name: Measurement([]) for name in
                 ("nginx proxy_pass", "zoogate cold", "zoogate cached", "zoogate safetensors pass-through",
-                 "new files")}
+                 "new files", *(["zoogate cold, spool_direct_io"] if with_direct_io else []))}
     pipeline_seconds, zoogate_rss, served = [], [], None
 
     def timed(name, command, round_number):
@@ -747,6 +749,14 @@ def measure_cold_pickle(options, folder, origin_rate=None):
                 if round_number == 1:
                     checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
             timed("new files", new_files_command(checkpoint, folder), round_number)
+            if with_direct_io:
+                with contextlib.ExitStack() as fresh:
+                    gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates,
+                                            cache={"spool_direct_io": True}, **sections)
+                    url = gateway.hub_url + checkpoint_file.resolve_path
+                    timed("zoogate cold, spool_direct_io", curl_download(curl, url), round_number)
+                    if round_number == 1:
+                        checked_artifact(url, checkpoint_file)
 
     details = {
         "checkpoint": {"path": str(checkpoint), "size": checkpoint_file.size, "sha256": checkpoint_file.sha256},
@@ -781,8 +791,9 @@ def ready_after_download_figures(pipeline_seconds, cold, prefix=""):
 
 
 def bench_proxy_cold_pickle(options):
-    measured, pipeline_seconds, zoogate_rss, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle")
-    nginx, cold, cached, passed, new_files = (measured[name].wall_seconds for name in measured)
+    measured, pipeline_seconds, zoogate_rss, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle",
+                                                                           with_direct_io=True)
+    nginx, cold, cached, passed, new_files, cold_direct_io = (measured[name].wall_seconds for name in measured)
     ratio = cold / passed
     figures = [
         Figure("nginx proxy_pass, the checkpoint's bytes: wall time", nginx, "s"),
@@ -794,9 +805,13 @@ def bench_proxy_cold_pickle(options):
         Figure("zoogate, the checkpoint again (cached): wall time", cached, "s", {"nginx proxy_pass": cached / nginx}),
         Figure("writing the checkpoint to two new files (a cold download's spool and rebuilt file): wall time",
                new_files, "s", {"zoogate safetensors pass-through": new_files / passed}),
+        Figure("zoogate, cold checkpoint with cache.spool_direct_io: wall time", cold_direct_io, "s",
+               {"zoogate safetensors pass-through": cold_direct_io / passed, "zoogate cold": cold_direct_io / cold}),
         Figure("zoogate, cold checkpoint: peak RSS (VmHWM)", statistics.median(zoogate_rss), "MiB"),
         busy_figure("zoogate cold checkpoint", measured["zoogate cold"], measured["zoogate safetensors pass-through"],
                     "zoogate safetensors pass-through"),
+        busy_figure("zoogate cold checkpoint with cache.spool_direct_io", measured["zoogate cold, spool_direct_io"],
+                    measured["zoogate cold"], "zoogate cold"),
     ]
     disarm = [entry["disarm"] for entry in pipeline_seconds if entry["disarm"] is not None]
     if disarm:

@@ -56,6 +56,7 @@ TEST(DefaultServerConfig, MatchesTheDocumentedDefaults) {
   EXPECT_EQ(config.upstream.max_resolutions, 10'000u);
   EXPECT_EQ(config.cache.dir, "zoogate-cache");
   EXPECT_EQ(config.cache.max_size, 50ull << 30);
+  EXPECT_FALSE(config.cache.spool_direct_io);
   EXPECT_EQ(config.pipeline.client_wait, milliseconds(60'000));
   EXPECT_EQ(config.pipeline.retry_after, milliseconds(10'000));
   EXPECT_EQ(config.pipeline.max_artifact_size, 64ull << 30);
@@ -113,6 +114,7 @@ upstream:
 cache:
   dir: /var/cache/zoogate
   max_size: 2TiB
+  spool_direct_io: true
 pipeline:
   client_wait: 0ms
   retry_after: 1s
@@ -178,6 +180,7 @@ TEST(ServerConfig, ReadsEveryKey) {
 
   EXPECT_EQ(config.cache.dir, "/var/cache/zoogate");
   EXPECT_EQ(config.cache.max_size, 2ull << 40);
+  EXPECT_TRUE(config.cache.spool_direct_io);
   EXPECT_EQ(config.pipeline.client_wait, milliseconds(0));
   EXPECT_EQ(config.pipeline.retry_after, milliseconds(1000));
   EXPECT_EQ(config.pipeline.max_artifact_size, 1ull << 30);
@@ -292,6 +295,8 @@ TEST(ServerConfig, RefusesValuesOfTheWrongTypeOrOutOfRange) {
   EXPECT_THAT(refusal("pipeline: {max_artifact_size: 1023}"), HasSubstr("from 1KiB to 1024TiB"));
   EXPECT_THAT(refusal("pipeline: {buffer_before_send: 2GiB}"), HasSubstr("from 0B to 1GiB"));
   EXPECT_THAT(refusal("pipeline: {stream_piece_size: 1KiB}"), HasSubstr("from 16KiB to 16MiB"));
+  EXPECT_EQ(refusal("cache: {spool_direct_io: on}"),
+            "zoogate.yaml:1:26: 'cache.spool_direct_io' must be true or false, got 'on'");
   EXPECT_EQ(refusal("mtd: {layout_variation: yes}"),
             "zoogate.yaml:1:25: 'mtd.layout_variation' must be true or false, got 'yes'");
   EXPECT_THAT(refusal("mtd: {epoch: -1}"), HasSubstr("'mtd.epoch' must be an integer from 0 to "));
@@ -523,7 +528,7 @@ TEST(ServerConfigToYaml, TheDefaultsReadBackToTheDefaults) {
   for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "io_threads:", "worker_threads:",
                                "hub_url:", "redirect_hosts:", "ca_bundle:", "connect_timeout:", "read_timeout:",
                                "retries:", "max_idle_connections:", "max_redirects:", "resolution_ttl:",
-                               "max_resolutions:", "dir:", "max_size:",
+                               "max_resolutions:", "dir:", "max_size:", "spool_direct_io:",
                                "client_wait:", "retry_after:", "max_artifact_size:", "buffer_before_send:", "stream_piece_size:",
                                "layout_variation:", "secret_file:", "epoch:", "permute_weights:",
                                "signing_key_file:", "policy_file:", "max_request_header_bytes:",

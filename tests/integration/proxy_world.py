@@ -113,7 +113,7 @@ def flatten(obj, prefix=""):
 class ProxyWorld:
     """CA, fake Hub and one zoogate process (see the module docstring)."""
 
-    def __init__(self, zoogate_config=None, hub_options=None):
+    def __init__(self, zoogate_config=None, hub_options=None, extra_lfs_files=None):
         self.folder = tempfile.mkdtemp(prefix="zoogate-proxy-")
         self.marker = os.path.join(self.folder, "payload-ran")
         self.ca = TestCA(os.path.join(self.folder, "ca"))
@@ -130,9 +130,11 @@ class ProxyWorld:
             "evil.bin": self.malicious,
             "small.pt": self.small_checkpoint,
             "sub/README.md": b"# a model\n",
+            **(extra_lfs_files or {}),
         }
         self.repos = {
-            MODEL: {"files": files, "lfs": {"pytorch_model.bin", "model.safetensors", "evil.bin"}},
+            MODEL: {"files": files,
+                    "lfs": {"pytorch_model.bin", "model.safetensors", "evil.bin", *(extra_lfs_files or {})}},
             GATED: {"files": {"pytorch_model.bin": self.checkpoint}, "gated": True},
             RENAMED: {"renamed_to": MODEL},
             DATASET: {"files": {"data.pkl": self.small_checkpoint}},

@@ -18,7 +18,7 @@ import requests
 
 from fake_hub import Fault, FakeHub
 from proxy_world import (DATASET, GATED, MODEL, RENAMED, ProxyWorld, flatten, load_weights_only, sha256,
-                         state_dict)
+                         state_dict, torch_bytes)
 from support import zoogate_bin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -469,6 +469,40 @@ class ArrivingCheckpoint(WorldTest):
         self.assertEqual(load_weights_only(body), flatten(self.world.weights))
         self.assertEqual(self.world.hub.fetch_count(MODEL, "pytorch_model.bin"), 1)
         self.assertEqual(self.world.zoogate.metric_sum("zoogate_ready_after_download_seconds_count"), 1)
+
+
+class DirectIoSpool(WorldTest):
+    """cache.spool_direct_io: a download reaches the spool, and the disarm reads it back, past the page
+    cache, a whole block at a time."""
+
+    zoogate_config = {"cache": {"spool_direct_io": True}, "upstream": {"resolution_ttl": "0ms"}}
+    # About 4 MiB: several of the spool's 1 MiB direct-I/O blocks and a partial last one.
+    large_weights = state_dict(4, layers=4, width=512)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.large = torch_bytes(cls.large_weights)
+        cls.world = ProxyWorld(zoogate_config=cls.zoogate_config, extra_lfs_files={"large.pt": cls.large})
+
+    def test_a_checkpoint_of_several_blocks_is_rebuilt_whole(self):
+        # In 100 KiB pieces, so that the disarm waits for blocks that are still being staged.
+        self.world.hub.inject(MODEL, "large.pt", Fault.slow_drip(chunk_bytes=100 * 1024, interval=0.005))
+        status, headers, body = curl(self.world.url(MODEL, "large.pt"))
+        self.assertEqual(status, 200, body[:300])
+        self.assertEqual(headers["x-zoogate-verdict"], "clean")
+        self.assertEqual(headers["etag"].strip('"'), sha256(body))
+        self.assertEqual(load_weights_only(body), flatten(self.large_weights))
+        self.assertEqual(self.world.hub.fetch_count(MODEL, "large.pt"), 1)
+        # The kept download is the upstream file exactly: no padding of the last direct write is left.
+        upstream = sha256(self.large)
+        kept = os.path.join(self.world.zoogate.config["cache"]["dir"], "spool", upstream[:2], upstream, "data")
+        with open(kept, "rb") as file:
+            self.assertEqual(file.read(), self.large)
+
+    def test_a_small_checkpoint_is_one_partial_block(self):
+        status, headers, body = curl(self.world.url(MODEL, "pytorch_model.bin"))
+        self.assertEqual(status, 200, body[:300])
+        self.assertEqual(load_weights_only(body), flatten(self.world.weights))
 
 
 class StreamingFaults(WorldTest):

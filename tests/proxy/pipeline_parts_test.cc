@@ -3,7 +3,10 @@
 // download writes, the relay that moves a body through a fixed set of buffers, and the one-time value
 // concurrent requests wait on.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -105,15 +108,30 @@ TEST(ContentVerifier, ChecksTheGitBlobIdAndStillGivesTheSha256) {
   EXPECT_NE(refused.error().message.find("git blob id"), std::string::npos);
 }
 
-class SpoolFileTest : public ::testing::Test {
+// Every SpoolFile test runs with the page cache and with direct I/O.
+class SpoolFileTest : public ::testing::TestWithParam<bool> {
  protected:
   std::string path() const { return folder_.file("spool"); }
+  bool direct_io() const { return GetParam(); }
+  Result<std::shared_ptr<SpoolFile>> create(uint64_t expected_size) const {
+    auto spool = SpoolFile::create(path(), expected_size, direct_io());
+    // The test folder's file system takes O_DIRECT (ext4 here): a spool asked for direct I/O uses it.
+    if (spool) {
+      EXPECT_EQ((*spool)->direct_io(), direct_io());
+    }
+    return spool;
+  }
 
   TemporaryFolder folder_;
 };
 
-TEST_F(SpoolFileTest, AReaderWaitsForTheBytesItAsksFor) {
-  auto spool = SpoolFile::create(path(), 8);
+INSTANTIATE_TEST_SUITE_P(PageCacheAndDirectIo, SpoolFileTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& mode) {
+                           return mode.param ? "DirectIo" : "PageCache";
+                         });
+
+TEST_P(SpoolFileTest, AReaderWaitsForTheBytesItAsksFor) {
+  auto spool = create(8);
   ASSERT_TRUE(spool) << spool.error().describe();
   auto reader = (*spool)->reader();
   std::string seen(4, '\0');
@@ -129,8 +147,8 @@ TEST_F(SpoolFileTest, AReaderWaitsForTheBytesItAsksFor) {
   EXPECT_TRUE((*spool)->wait_finished());
 }
 
-TEST_F(SpoolFileTest, AShortOrOverlongDownloadFailsItsReaders) {
-  auto spool = SpoolFile::create(path(), 8);
+TEST_P(SpoolFileTest, AShortOrOverlongDownloadFailsItsReaders) {
+  auto spool = create(8);
   ASSERT_TRUE(spool);
   ASSERT_TRUE((*spool)->append(bytes_of("abc")));
   auto overlong = (*spool)->append(bytes_of("defghi"));
@@ -144,9 +162,9 @@ TEST_F(SpoolFileTest, AShortOrOverlongDownloadFailsItsReaders) {
   EXPECT_FALSE((*spool)->reader()->read_at(4, std::span(reinterpret_cast<uint8_t*>(out.data()), out.size())));
 }
 
-TEST_F(SpoolFileTest, AKeptDownloadOpensFinished) {
+TEST_P(SpoolFileTest, AKeptDownloadOpensFinished) {
   {
-    auto spool = SpoolFile::create(path(), 4);
+    auto spool = create(4);
     ASSERT_TRUE(spool);
     ASSERT_TRUE((*spool)->append(bytes_of("wxyz")));
     (*spool)->finish({});
@@ -158,6 +176,74 @@ TEST_F(SpoolFileTest, AKeptDownloadOpensFinished) {
   ASSERT_TRUE((*kept)->reader()->read_at(0, std::span(reinterpret_cast<uint8_t*>(out.data()), out.size())));
   EXPECT_EQ(out, "wxyz");
   EXPECT_FALSE(SpoolFile::open_complete(folder_.file("missing"), 4));
+}
+
+// Bytes whose value tells their offset apart within a few MiB.
+std::vector<uint8_t> numbered_bytes(size_t count) {
+  std::vector<uint8_t> bytes(count);
+  for (size_t i = 0; i < count; ++i) bytes[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
+  return bytes;
+}
+
+TEST_P(SpoolFileTest, ReadsGiveTheAppendedBytesAcrossBlocksAndTheFileEndsAtItsSize) {
+  // Two whole direct-I/O blocks and an end that is not aligned, appended in pieces that are not either.
+  const std::vector<uint8_t> bytes = numbered_bytes(2 * SpoolFile::kDirectIoBlock + 12345);
+  auto spool = create(bytes.size());
+  ASSERT_TRUE(spool) << spool.error().describe();
+  for (size_t at = 0, piece = 1000; at < bytes.size(); at += piece, piece = 300'001) {
+    const size_t count = std::min(piece, bytes.size() - at);
+    ASSERT_TRUE((*spool)->append(std::span(bytes).subspan(at, count)));
+  }
+  (*spool)->finish({});
+  ASSERT_TRUE((*spool)->wait_finished());
+
+  // Readers on several threads at once, each over spans that start and end anywhere.
+  auto reader = (*spool)->reader();
+  std::vector<std::thread> threads;
+  for (size_t thread = 0; thread < 4; ++thread) {
+    threads.emplace_back([&, thread] {
+      for (uint64_t offset = thread * 77'777; offset < bytes.size(); offset += 1'234'567) {
+        std::vector<uint8_t> out(std::min<uint64_t>(1'500'000, bytes.size() - offset));
+        ASSERT_TRUE(reader->read_at(offset, out)) << offset;
+        ASSERT_TRUE(std::equal(out.begin(), out.end(), bytes.begin() + static_cast<std::ptrdiff_t>(offset))) << offset;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  std::vector<uint8_t> tail(10);
+  ASSERT_TRUE(reader->read_at(bytes.size() - tail.size(), tail));
+  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), bytes.end() - 10));
+
+  // The padding of the last direct write is cut off: the file holds exactly the download.
+  std::ifstream file(path(), std::ios::binary);
+  const std::vector<uint8_t> on_disk((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(on_disk.size(), bytes.size());
+  EXPECT_TRUE(on_disk == bytes);
+}
+
+TEST_P(SpoolFileTest, AReaderGetsBytesOnlyOnceTheyAreInTheFile) {
+  // With direct I/O, appended bytes wait in memory for a whole block; a reader must wait with them
+  // rather than read the file where they are not yet.
+  const std::vector<uint8_t> bytes = numbered_bytes(SpoolFile::kDirectIoBlock + 100);
+  auto spool = create(bytes.size());
+  ASSERT_TRUE(spool) << spool.error().describe();
+  const size_t first = SpoolFile::kDirectIoBlock - 1;
+  ASSERT_TRUE((*spool)->append(std::span(bytes).first(first)));
+  auto reader = (*spool)->reader();
+  std::vector<uint8_t> out(16);
+  std::atomic<bool> done = false;
+  std::thread waiting([&] {
+    EXPECT_TRUE(reader->read_at(0, out));
+    done = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  // Through the page cache the bytes are readable at once; with direct I/O not before the block is whole.
+  EXPECT_EQ(done.load(), !direct_io());
+  ASSERT_TRUE((*spool)->append(std::span(bytes).subspan(first)));
+  waiting.join();
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), bytes.begin()));
+  (*spool)->finish({});
+  EXPECT_TRUE((*spool)->wait_finished());
 }
 
 // `count` pieces of `piece_size` bytes with varied contents, and the file that announces them.
