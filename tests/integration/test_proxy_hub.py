@@ -476,11 +476,11 @@ class DirectIoSpool(WorldTest):
     cache, a whole block at a time."""
 
     zoogate_config = {"cache": {"spool_direct_io": True}, "upstream": {"resolution_ttl": "0ms"}}
-    # About 4 MiB: several of the spool's 1 MiB direct-I/O blocks and a partial last one.
-    large_weights = state_dict(4, layers=4, width=512)
 
     @classmethod
     def setUpClass(cls):
+        # About 4 MiB: several of the spool's 1 MiB direct-I/O blocks and a partial last one.
+        cls.large_weights = state_dict(4, layers=4, width=512)
         cls.large = torch_bytes(cls.large_weights)
         cls.world = ProxyWorld(zoogate_config=cls.zoogate_config, extra_lfs_files={"large.pt": cls.large})
 
