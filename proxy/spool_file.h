@@ -33,9 +33,10 @@ namespace zoogate::proxy {
 
 class SpoolFile : public std::enable_shared_from_this<SpoolFile> {
  public:
-  // Bytes of one direct write or read; offsets and lengths of direct I/O are multiples of it.
+  // Bytes staged for one direct write; the last write is shorter (padded to kDirectIoAlignment).
   static constexpr size_t kDirectIoBlock = 1 << 20;
-  // The alignment O_DIRECT asks of buffers (the largest logical block size of common devices).
+  // What O_DIRECT asks offsets, lengths and buffers to be multiples of (the largest logical block
+  // size of common devices).
   static constexpr size_t kDirectIoAlignment = 4096;
 
   // Creates (truncates) `path`, mode 0600, for a download of exactly `expected_size` bytes, with
