@@ -50,13 +50,8 @@ class SpoolFile::Reader final : public ByteSource {
   // leaves it: the disarm reads front to back in pieces that do not start on aligned offsets.
   Status read_direct(uint64_t offset, std::span<uint8_t> out) const {
     std::lock_guard lock(window_mutex_);
-    if (!window_) {
-      void* allocated = nullptr;
-      if (::posix_memalign(&allocated, kDirectIoAlignment, kReadWindow) != 0) {
-        return fail(ErrorCode::kIo, "cannot allocate a window to read the spool through", offset);
-      }
-      window_.reset(static_cast<uint8_t*>(allocated));
-    }
+    if (!window_) window_ = allocate_aligned(kReadWindow);
+    if (!window_) return fail(ErrorCode::kIo, "cannot allocate a window to read the spool through", offset);
     size_t done = 0;
     while (done < out.size()) {
       const uint64_t position = offset + done;
@@ -110,16 +105,21 @@ Result<std::shared_ptr<SpoolFile>> SpoolFile::create(const std::string& path, ui
     fd = ::open(path.c_str(), kFlags | O_DIRECT, 0600);
     // EINVAL: the file system does not do direct I/O; the page cache it is.
     if (fd < 0 && errno != EINVAL) return fail(ErrorCode::kIo, "cannot create " + path + ": " + std::strerror(errno));
-    void* block = nullptr;
-    if (fd >= 0 && ::posix_memalign(&block, kDirectIoAlignment, kDirectIoBlock) != 0) {
+    if (fd >= 0) staging = allocate_aligned(kDirectIoBlock);
+    if (fd >= 0 && !staging) {
       ::close(fd);
       return fail(ErrorCode::kIo, "cannot allocate the staging block of " + path);
     }
-    staging.reset(static_cast<uint8_t*>(block));
   }
   if (fd < 0) fd = ::open(path.c_str(), kFlags, 0600);
   if (fd < 0) return fail(ErrorCode::kIo, "cannot create " + path + ": " + std::strerror(errno));
   return std::shared_ptr<SpoolFile>(new SpoolFile(fd, path, expected_size, std::move(staging)));
+}
+
+SpoolFile::AlignedBlock SpoolFile::allocate_aligned(size_t bytes) {
+  void* allocated = nullptr;
+  if (::posix_memalign(&allocated, kDirectIoAlignment, bytes) != 0) return nullptr;
+  return AlignedBlock(static_cast<uint8_t*>(allocated));
 }
 
 Result<std::shared_ptr<SpoolFile>> SpoolFile::open_complete(const std::string& path, uint64_t size) {

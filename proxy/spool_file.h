@@ -71,6 +71,8 @@ class SpoolFile : public std::enable_shared_from_this<SpoolFile> {
     void operator()(uint8_t* block) const { std::free(block); }
   };
   using AlignedBlock = std::unique_ptr<uint8_t, FreeAligned>;
+  // `bytes` aligned to kDirectIoAlignment; null when memory runs out.
+  static AlignedBlock allocate_aligned(size_t bytes);
 
   SpoolFile(int fd, std::string path, uint64_t expected_size, AlignedBlock staging)
       : fd_(fd), path_(std::move(path)), expected_size_(expected_size), staging_(std::move(staging)) {}

@@ -693,13 +693,13 @@ def bench_proxy_pass_through(options):
     return BenchResult(figures, details)
 
 
-def measure_cold_pickle(options, folder, origin_rate=None, with_direct_io=False):
+def measure_cold_pickle(options, folder, origin_rate=None, with_comparisons=False):
     """Times, in rounds, nginx proxy_pass of the checkpoint, zoogate's cold download and a cached
-    download of it (a fresh zoogate each round), zoogate passing a safetensors file of the same size
-    through, and writing the checkpoint to two new files. `origin_rate` limits what the origin sends
-    per connection (nginx `limit_rate`, as "125m"), to stand for a network link; `with_direct_io`
-    adds a cold download with `cache.spool_direct_io` on. Returns the figures' inputs and the run
-    details."""
+    download of it (a fresh zoogate each round), and zoogate passing a safetensors file of the same
+    size through. `origin_rate` limits what the origin sends per connection (nginx `limit_rate`, as
+    "125m"), to stand for a network link; `with_comparisons` adds writing the checkpoint to two new
+    files and a cold download with `cache.spool_direct_io` on. Returns the figures' inputs and the
+    run details."""
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
     checkpoint = cached_llama_checkpoint(options.work, options.checkpoint_mib)
@@ -712,7 +712,7 @@ def measure_cold_pickle(options, folder, origin_rate=None, with_direct_io=False)
     log_path = folder / "runs.log"
     measured = {name: Measurement([]) for name in
                 ("nginx proxy_pass", "zoogate cold", "zoogate cached", "zoogate safetensors pass-through",
-                 "new files", *(["zoogate cold, spool_direct_io"] if with_direct_io else []))}
+                 *(["new files", "zoogate cold, spool_direct_io"] if with_comparisons else []))}
     pipeline_seconds, zoogate_rss, served = [], [], None
 
     def timed(name, command, round_number):
@@ -748,8 +748,8 @@ def measure_cold_pickle(options, folder, origin_rate=None, with_direct_io=False)
                 timed("zoogate safetensors pass-through", curl_download(curl, url), round_number)
                 if round_number == 1:
                     checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
-            timed("new files", new_files_command(checkpoint, folder), round_number)
-            if with_direct_io:
+            if with_comparisons:
+                timed("new files", new_files_command(checkpoint, folder), round_number)
                 with contextlib.ExitStack() as fresh:
                     gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates,
                                             cache={"spool_direct_io": True}, **sections)
@@ -792,7 +792,7 @@ def ready_after_download_figures(pipeline_seconds, cold, prefix=""):
 
 def bench_proxy_cold_pickle(options):
     measured, pipeline_seconds, zoogate_rss, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle",
-                                                                           with_direct_io=True)
+                                                                           with_comparisons=True)
     nginx, cold, cached, passed, new_files, cold_direct_io = (measured[name].wall_seconds for name in measured)
     ratio = cold / passed
     figures = [
