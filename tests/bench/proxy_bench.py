@@ -95,6 +95,17 @@ def peak_rss_mib(pid):
     raise ProxyBenchError(f"/proc/{pid}/status has no VmHWM line")
 
 
+def cpu_seconds(pids):
+    """The user and system time the processes `pids` have spent so far, all their threads included,
+    in core-seconds."""
+    ticks = 0
+    for pid in pids:
+        # The fields after the command name, which may itself hold spaces and parentheses.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid):
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -371,10 +382,14 @@ http {{
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def workers_peak_rss_mib(self):
-        """Sum of the worker processes' VmHWM (the master does not serve)."""
+    def workers(self):
+        """The worker processes' ids (the master does not serve)."""
         self.check_running()
-        return sum(peak_rss_mib(worker) for worker in children_of(self.pid))
+        return children_of(self.pid)
+
+    def workers_peak_rss_mib(self):
+        """Sum of the worker processes' VmHWM."""
+        return sum(peak_rss_mib(worker) for worker in self.workers())
 
 
 # ---------------------------------------------------------------------------------------------------

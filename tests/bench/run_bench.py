@@ -9,7 +9,7 @@ to <work>/bench-results.json. The exit status is non-zero only when the harness 
 (a tool missing or failing). Generated inputs are cached in <work> and reused.
 
 Adding a benchmark: write `bench_<name>(options) -> BenchResult` and list it in BENCHMARKS.
-`measure_interleaved()` times external commands (wall time and peak RSS); `run_json()` runs a
+`measure_interleaved()` times external commands (wall time, peak RSS, CPU); `run_json()` runs a
 program that times itself and reports JSON. The proxy benchmarks (`--only proxy`) run `zoogate serve`
 between nginx servers on the loopback interface; proxy_bench.py has the servers and the clients.
 """
@@ -76,6 +76,10 @@ class ProcessRun:
     # CPU time the whole machine spent busy during the run, in core-seconds: the origin, the proxy
     # and the client all run here, so this is the work one download costs, whoever does it.
     machine_busy_seconds: float
+    own_cpu_seconds: float  # the command's own user and system time
+    # The CPU that watched server processes spent during the run, by role ("origin", "proxy"), in
+    # core-seconds: what each side of a download costs, which the machine's total does not tell.
+    server_cpu_seconds: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -95,9 +99,17 @@ class Measurement:
     def machine_busy_seconds(self):
         return statistics.median(run.machine_busy_seconds for run in self.runs)
 
+    @property
+    def own_cpu_seconds(self):
+        return statistics.median(run.own_cpu_seconds for run in self.runs)
+
+    def server_cpu_seconds(self, role):
+        return statistics.median(run.server_cpu_seconds[role] for run in self.runs)
+
     def to_json(self):
         return {"command": self.command, "median_wall_seconds": self.wall_seconds,
                 "median_peak_rss_mib": self.peak_rss_mib, "median_machine_busy_seconds": self.machine_busy_seconds,
+                "median_own_cpu_seconds": self.own_cpu_seconds,
                 "runs": [asdict(run) for run in self.runs]}
 
 
@@ -110,37 +122,45 @@ def machine_busy_seconds():
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def run_process(command, log_path):
-    """Runs `command` to completion; returns its wall time and its own peak RSS.
+def run_process(command, log_path, servers=None):
+    """Runs `command` to completion; returns its wall time, its own peak RSS and CPU, and the CPU of
+    the `servers` ({role: process ids}) meanwhile.
 
     The peak RSS comes from GNU time rather than from wait4() here: Linux carries the RSS high-water
     mark of the process that forks into the child over exec, so every child of this Python process
     would report at least this process's own peak. GNU time itself stays around 1 MiB."""
-    rss_path = log_path.with_suffix(".peak-rss")
+    servers = servers or {}
+    usage_path = log_path.with_suffix(".usage")
     with open(log_path, "ab") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
+        servers_at_start = {role: proxy_bench.cpu_seconds(pids) for role, pids in servers.items()}
         start, busy_at_start = time.perf_counter(), machine_busy_seconds()
-        completed = subprocess.run([GNU_TIME, "--quiet", "--format=%M", f"--output={rss_path}", *command],
+        completed = subprocess.run([GNU_TIME, "--quiet", "--format=%M %U %S", f"--output={usage_path}", *command],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         wall_seconds, busy_seconds = time.perf_counter() - start, machine_busy_seconds() - busy_at_start
+        server_seconds = {role: proxy_bench.cpu_seconds(pids) - servers_at_start[role] for role, pids in servers.items()}
     if completed.returncode != 0:
         raise BenchError(f"{shlex.join(command)} exited with {completed.returncode}; "
                          f"its output is in {log_path}")
-    return ProcessRun(wall_seconds, int(rss_path.read_text()) / 1024, busy_seconds)  # %M is in KiB
+    peak_rss_kib, user_seconds, system_seconds = usage_path.read_text().split()
+    return ProcessRun(wall_seconds, int(peak_rss_kib) / 1024, busy_seconds, float(user_seconds) + float(system_seconds),
+                      server_seconds)
 
 
-def measure_interleaved(commands, runs, log_path):
+def measure_interleaved(commands, runs, log_path, servers=None):
     """Runs every command of {name: argv} `runs` times, in rounds of one run each, so that load from
-    other processes on the machine spreads over all commands instead of skewing one of them."""
+    other processes on the machine spreads over all commands instead of skewing one of them.
+    `servers` gives, by command name, the server processes to account CPU to ({role: process ids})."""
     if not os.access(GNU_TIME, os.X_OK):
         raise BenchError(f"{GNU_TIME} is missing: install the Debian package `time`")
+    servers = servers or {}
     log_path.write_bytes(b"")
     measurements = {name: Measurement(command) for name, command in commands.items()}
     for round_number in range(1, runs + 1):
         for name, measurement in measurements.items():
             print(f"  round {round_number}/{runs}: {name}", flush=True)
-            measurement.runs.append(run_process(measurement.command, log_path))
+            measurement.runs.append(run_process(measurement.command, log_path, servers.get(name)))
     return measurements
 
 
@@ -662,7 +682,10 @@ def bench_proxy_pass_through(options):
         commands = {name: curl_download(curl, url, ca_pem) for name, (url, ca_pem) in paths.items()}
         # The work zoogate adds to a proxy's: its check of the bytes against the Hub's X-Linked-Etag.
         commands["sha256 of the file"] = [system_tool("openssl"), "dgst", "-sha256", str(file.path)]
-        measured = measure_interleaved(commands, options.runs, folder / "runs.log")
+        servers = {"origin direct": {"origin": origin.workers()},
+                   "nginx proxy_pass": {"origin": origin.workers(), "proxy": front.workers()},
+                   "zoogate": {"origin": origin.workers(), "proxy": [gateway.pid]}}
+        measured = measure_interleaved(commands, options.runs, folder / "runs.log", servers)
         zoogate_rss, nginx_rss = gateway.peak_rss_mib(), front.workers_peak_rss_mib()
         metrics_path = folder / "zoogate-metrics.txt"
         metrics_path.write_text(gateway.metrics_text())
@@ -670,6 +693,7 @@ def bench_proxy_pass_through(options):
     throughput = {name: file.size / measured[name].wall_seconds / 1e6 for name in paths}
     ratio = throughput["zoogate"] / throughput["nginx proxy_pass"]
     hashing = measured["sha256 of the file"]
+    zoogate_cpu, nginx_cpu = (measured[name].server_cpu_seconds("proxy") for name in ("zoogate", "nginx proxy_pass"))
     figures = [
         Figure("origin direct, TLS (the ceiling): throughput", throughput["origin direct"], "MB/s"),
         Figure("nginx proxy_pass: throughput", throughput["nginx proxy_pass"], "MB/s",
@@ -682,6 +706,11 @@ def bench_proxy_pass_through(options):
         Figure("the file's SHA-256 (openssl dgst; zoogate's X-Linked-Etag check): machine CPU busy",
                hashing.machine_busy_seconds, "core-s",
                {"nginx proxy_pass": hashing.machine_busy_seconds / measured["nginx proxy_pass"].machine_busy_seconds}),
+        Figure("zoogate's process: CPU", zoogate_cpu, "core-s", {"nginx proxy_pass workers": zoogate_cpu / nginx_cpu}),
+        # What zoogate's relay costs beside nginx's, the hash it must add taken out.
+        Figure("zoogate's process less the file's SHA-256 (openssl dgst's own CPU): CPU",
+               zoogate_cpu - hashing.own_cpu_seconds, "core-s",
+               {"nginx proxy_pass workers": (zoogate_cpu - hashing.own_cpu_seconds) / nginx_cpu}),
     ]
     details = {
         "file": {"path": str(file.path), "size": file.size, "sha256": file.sha256},
@@ -698,8 +727,8 @@ def measure_cold_pickle(options, folder, origin_rate=None, with_comparisons=Fals
     download of it (a fresh zoogate each round), and zoogate passing a safetensors file of the same
     size through. `origin_rate` limits what the origin sends per connection (nginx `limit_rate`, as
     "125m"), to stand for a network link; `with_comparisons` adds writing the checkpoint to two new
-    files and a cold download with `cache.spool_direct_io` on. Returns the figures' inputs and the
-    run details."""
+    files, hashing it, and a cold download with `cache.spool_direct_io` on. Returns the figures'
+    inputs and the run details."""
     zoogate = require_tool(options.zoogate, "--zoogate")
     curl = system_tool("curl")
     checkpoint = cached_llama_checkpoint(options.work, options.checkpoint_mib)
@@ -712,26 +741,29 @@ def measure_cold_pickle(options, folder, origin_rate=None, with_comparisons=Fals
     log_path = folder / "runs.log"
     measured = {name: Measurement([]) for name in
                 ("nginx proxy_pass", "zoogate cold", "zoogate cached", "zoogate safetensors pass-through",
-                 *(["new files", "zoogate cold, spool_direct_io"] if with_comparisons else []))}
+                 *(["new files", "sha256 of the checkpoint", "zoogate cold, spool_direct_io"] if with_comparisons
+                   else []))}
     pipeline_seconds, zoogate_rss, served = [], [], None
 
-    def timed(name, command, round_number):
+    def timed(name, command, round_number, proxy=()):
+        """Runs `command` as a run of `name`, with the CPU of the origin and of the `proxy` processes."""
         print(f"  round {round_number}/{options.runs}: {name}", flush=True)
         measured[name].command = command
-        measured[name].runs.append(run_process(command, log_path))
+        measured[name].runs.append(run_process(command, log_path, {"origin": origin.workers(), "proxy": list(proxy)}))
 
     with contextlib.ExitStack() as stack:
         certificates, origin, front = start_hub_servers(stack, folder, [checkpoint_file, tensors_file], origin_rate)
         log_path.write_bytes(b"")
         checked_download(front.url + checkpoint_file.cdn_path, checkpoint_file.sha256, "nginx proxy_pass")
         for round_number in range(1, options.runs + 1):
-            timed("nginx proxy_pass", curl_download(curl, front.url + checkpoint_file.cdn_path), round_number)
+            timed("nginx proxy_pass", curl_download(curl, front.url + checkpoint_file.cdn_path), round_number,
+                  front.workers())
             # A fresh zoogate with an empty cache each round: it downloads, disarms, then serves.
             with contextlib.ExitStack() as fresh:
                 gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates, **sections)
                 url = gateway.hub_url + checkpoint_file.resolve_path
-                timed("zoogate cold", curl_download(curl, url), round_number)
-                timed("zoogate cached", curl_download(curl, url), round_number)
+                timed("zoogate cold", curl_download(curl, url), round_number, [gateway.pid])
+                timed("zoogate cached", curl_download(curl, url), round_number, [gateway.pid])
                 zoogate_rss.append(gateway.peak_rss_mib())
                 metrics = gateway.metrics_text()
                 pipeline_seconds.append({
@@ -745,16 +777,18 @@ def measure_cold_pickle(options, folder, origin_rate=None, with_comparisons=Fals
             with contextlib.ExitStack() as fresh:
                 gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates, **sections)
                 url = gateway.hub_url + tensors_file.resolve_path
-                timed("zoogate safetensors pass-through", curl_download(curl, url), round_number)
+                timed("zoogate safetensors pass-through", curl_download(curl, url), round_number, [gateway.pid])
                 if round_number == 1:
                     checked_download(url, tensors_file.sha256, "zoogate safetensors pass-through")
             if with_comparisons:
                 timed("new files", new_files_command(checkpoint, folder), round_number)
+                timed("sha256 of the checkpoint", [system_tool("openssl"), "dgst", "-sha256", str(checkpoint)],
+                      round_number)
                 with contextlib.ExitStack() as fresh:
                     gateway = start_zoogate(fresh, zoogate, folder / "zoogate", origin, certificates,
                                             cache={"spool_direct_io": True}, **sections)
                     url = gateway.hub_url + checkpoint_file.resolve_path
-                    timed("zoogate cold, spool_direct_io", curl_download(curl, url), round_number)
+                    timed("zoogate cold, spool_direct_io", curl_download(curl, url), round_number, [gateway.pid])
                     if round_number == 1:
                         checked_artifact(url, checkpoint_file)
 
@@ -793,8 +827,14 @@ def ready_after_download_figures(pipeline_seconds, cold, prefix=""):
 def bench_proxy_cold_pickle(options):
     measured, pipeline_seconds, zoogate_rss, details = measure_cold_pickle(options, options.work / "proxy-cold-pickle",
                                                                            with_comparisons=True)
-    nginx, cold, cached, passed, new_files, cold_direct_io = (measured[name].wall_seconds for name in measured)
+    nginx, cold, cached, passed, new_files, _, cold_direct_io = (measured[name].wall_seconds for name in measured)
     ratio = cold / passed
+    cold_cpu, cached_cpu, passed_cpu, cold_direct_io_cpu = (
+        measured[name].server_cpu_seconds("proxy")
+        for name in ("zoogate cold", "zoogate cached", "zoogate safetensors pass-through", "zoogate cold, spool_direct_io"))
+    # A cold download hashes the checkpoint's bytes three times: the upstream check (X-Linked-Etag),
+    # the per-tensor digests of the manifest and the served bytes' digest (ETag, Repr-Digest).
+    hashing_cpu = 3 * measured["sha256 of the checkpoint"].own_cpu_seconds
     figures = [
         Figure("nginx proxy_pass, the checkpoint's bytes: wall time", nginx, "s"),
         Figure("zoogate, cold checkpoint (fetch, disarm, serve): wall time", cold, "s",
@@ -812,6 +852,14 @@ def bench_proxy_cold_pickle(options):
                     "zoogate safetensors pass-through"),
         busy_figure("zoogate cold checkpoint with cache.spool_direct_io", measured["zoogate cold, spool_direct_io"],
                     measured["zoogate cold"], "zoogate cold"),
+        Figure("zoogate cold checkpoint: its process's CPU", cold_cpu, "core-s",
+               {"zoogate safetensors pass-through's": cold_cpu / passed_cpu}),
+        Figure("zoogate cold checkpoint with cache.spool_direct_io: its process's CPU", cold_direct_io_cpu, "core-s",
+               {"zoogate cold's": cold_direct_io_cpu / cold_cpu}),
+        Figure("zoogate cached checkpoint: its process's CPU", cached_cpu, "core-s",
+               {"zoogate safetensors pass-through's": cached_cpu / passed_cpu}),
+        Figure("three SHA-256 passes over the checkpoint (3x openssl dgst's own CPU)", hashing_cpu, "core-s",
+               {"zoogate cold's": hashing_cpu / cold_cpu}),
     ]
     disarm = [entry["disarm"] for entry in pipeline_seconds if entry["disarm"] is not None]
     if disarm:
