@@ -27,9 +27,9 @@ constexpr uint64_t kTiB = 1ull << 40;
 // Larger than any disk or file zoogate will meet; bounds sizes only against typos.
 constexpr uint64_t kMaxStorageBytes = 1024 * kTiB;
 
-constexpr std::array<std::string_view, 13> kTopLevelKeys = {
-    "listen", "admin_listen", "public_url", "io_threads", "worker_threads", "upstream", "cache",
-    "pipeline", "mtd", "policy_file", "limits", "logging", "egress"};
+constexpr std::array<std::string_view, 14> kTopLevelKeys = {
+    "listen", "admin_listen", "public_url", "trusted_proxies", "io_threads", "worker_threads", "upstream",
+    "cache", "pipeline", "mtd", "policy_file", "limits", "logging", "egress"};
 constexpr std::array<std::string_view, 10> kUpstreamKeys = {
     "hub_url", "redirect_hosts", "ca_bundle", "connect_timeout", "read_timeout", "retries",
     "max_idle_connections", "max_redirects", "resolution_ttl", "max_resolutions"};
@@ -272,6 +272,23 @@ Result<std::vector<std::string>> read_host_patterns(const YamlNode& node, MatchA
     return fail(node.error(quoted_path(node) + " must list at least one host pattern"));
   }
   return patterns;
+}
+
+// A list of address ranges, none given twice.
+Result<std::vector<AddressRange>> read_address_ranges(const YamlNode& node) {
+  std::vector<std::pair<AddressRange, std::string>> seen;  // range -> where it was first listed
+  return node.as_list<AddressRange>([&](const YamlNode& item) -> Result<AddressRange> {
+    auto text = item.as_string();
+    if (!text) return fail(std::move(text.error()));
+    auto range = AddressRange::parse(*text);
+    if (!range) return fail(item.error("bad address range " + quote_for_message(*text) + ": " + range.error().message));
+    auto previous = std::find_if(seen.begin(), seen.end(), [&](const auto& entry) { return entry.first == *range; });
+    if (previous != seen.end()) {
+      return fail(item.error(quote_for_message(*text) + " is listed twice (first at " + previous->second + ")"));
+    }
+    seen.emplace_back(*range, item.location());
+    return range;
+  });
 }
 
 // ---- Generic readers ----
@@ -620,6 +637,53 @@ bool host_matches(std::string_view pattern, std::string_view host) {
   return equal_ignoring_case(pattern, host);
 }
 
+Result<AddressRange> AddressRange::parse(std::string_view text) {
+  const size_t slash = text.find('/');
+  const std::string address_text(text.substr(0, slash));
+  AddressRange range;
+  if (is_ipv4_literal(address_text)) {
+    inet_pton(AF_INET, address_text.c_str(), range.network.data());
+  } else if (is_ipv6_literal(address_text)) {
+    range.ipv6 = true;
+    inet_pton(AF_INET6, address_text.c_str(), range.network.data());
+  } else {
+    return fail(ErrorCode::kInvalidArgument,
+                "write an IPv4 or IPv6 address (without brackets), alone or with a prefix length, as in "
+                "10.0.0.0/8 or fd00::/8");
+  }
+  const unsigned bits = range.ipv6 ? 128 : 32;
+  range.prefix_length = bits;
+  if (slash != std::string_view::npos) {
+    auto prefix = parse_decimal(text.substr(slash + 1));
+    if (!prefix || *prefix > bits) {
+      return fail(ErrorCode::kInvalidArgument, "the prefix length must be a number from 0 to " + std::to_string(bits));
+    }
+    range.prefix_length = static_cast<unsigned>(*prefix);
+  }
+  AddressRange masked = range;
+  for (unsigned bit = range.prefix_length; bit < bits; ++bit) masked.network[bit / 8] &= ~(0x80u >> (bit % 8)) & 0xffu;
+  if (masked.network != range.network) {
+    return fail(ErrorCode::kInvalidArgument, "bits past the prefix length are set; the range is written " +
+                                                 masked.to_string() + ", a single address without a prefix length");
+  }
+  return range;
+}
+
+bool AddressRange::contains(std::span<const uint8_t> address) const {
+  if (address.size() != (ipv6 ? 16u : 4u)) return false;
+  for (unsigned bit = 0; bit < prefix_length; ++bit) {
+    const unsigned mask = 0x80u >> (bit % 8);
+    if ((address[bit / 8] & mask) != (network[bit / 8] & mask)) return false;
+  }
+  return true;
+}
+
+std::string AddressRange::to_string() const {
+  char text[INET6_ADDRSTRLEN] = {};
+  inet_ntop(ipv6 ? AF_INET6 : AF_INET, network.data(), text, sizeof text);
+  return std::string(text) + "/" + std::to_string(prefix_length);
+}
+
 ServerConfig default_server_config() { return ServerConfig{}; }
 
 Result<ServerConfig> parse_server_config(std::string_view yaml_text, std::string_view file_name_for_errors) {
@@ -632,6 +696,7 @@ Result<ServerConfig> parse_server_config(std::string_view yaml_text, std::string
   ZG_TRY(read_key(*top, "listen", config.listen, read_listen_address));
   ZG_TRY(read_key(*top, "admin_listen", config.admin_listen, read_listen_address));
   ZG_TRY(read_key(*top, "public_url", config.public_url, read_public_url));
+  ZG_TRY(read_key(*top, "trusted_proxies", config.trusted_proxies, read_address_ranges));
   ZG_TRY(read_key(*top, "io_threads", config.io_threads, kIoThreads));
   ZG_TRY(read_key(*top, "worker_threads", config.worker_threads, kWorkerThreads));
   ZG_TRY(read_section(*top, "upstream", kUpstreamKeys, config.upstream, read_upstream));
@@ -679,6 +744,9 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   out.line(0, "listen", yaml_quoted(config.listen.to_string()), "Hub endpoint (HF_ENDPOINT); port 0 = any free port");
   out.line(0, "admin_listen", yaml_quoted(config.admin_listen.to_string()), "/metrics /healthz /readyz /admin/prefetch");
   out.line(0, "public_url", yaml_quoted(config.public_url), "\"\" = http://<Host header>");
+  std::vector<std::string> trusted_proxies;
+  for (const AddressRange& range : config.trusted_proxies) trusted_proxies.push_back(range.to_string());
+  out.line(0, "trusted_proxies", yaml_flow_list(trusted_proxies), "load balancers whose X-Forwarded-For counts");
   out.line(0, "io_threads", number(config.io_threads), kIoThreads.text());
   out.line(0, "worker_threads", number(config.worker_threads), kWorkerThreads.text() + "; 0 = hardware concurrency");
 

@@ -22,9 +22,11 @@
 // A ServerConfig is a plain value; it may be copied and shared between threads once loaded.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -143,10 +145,30 @@ struct EgressConfig {
   bool operator==(const EgressConfig&) const = default;
 };
 
+// A range of IP addresses: "10.0.0.0/8", "fd00::/8", or one address ("10.0.0.5", a /32 or /128).
+struct AddressRange {
+  bool ipv6 = false;
+  std::array<uint8_t, 16> network{};  // network byte order; an IPv4 network in the first 4 bytes
+  unsigned prefix_length = 0;         // 0..32 for IPv4, 0..128 for IPv6
+
+  // Parses "ADDRESS" or "ADDRESS/PREFIX" (IPv6 without brackets). Bits past the prefix must be zero,
+  // so that "10.0.0.5/8" (meant as 10.0.0.5 or as 10.0.0.0/8?) is refused rather than guessed at.
+  // kInvalidArgument says why.
+  static Result<AddressRange> parse(std::string_view text);
+  // `address` is 4 bytes (IPv4) or 16 (IPv6), network byte order; an address of the other family is
+  // never contained (callers give IPv4-mapped IPv6 addresses as IPv4).
+  bool contains(std::span<const uint8_t> address) const;
+  std::string to_string() const;  // as parse() reads it: "10.0.0.0/8", "::1/128"
+  bool operator==(const AddressRange&) const = default;
+};
+
 struct ServerConfig {
   ListenAddress listen{"127.0.0.1", 8080};        // the Hub endpoint (HF_ENDPOINT)
   ListenAddress admin_listen{"127.0.0.1", 9090};  // /metrics /healthz /readyz /admin/prefetch
   std::string public_url;  // "http(s)://host[:port]" clients reach zoogate at; "" = from the Host header
+  // Reverse proxies (load balancers) in front of the Hub endpoint whose X-Forwarded-For zoogate
+  // believes: for their requests the client is the address they forwarded for. Empty: none.
+  std::vector<AddressRange> trusted_proxies;
   unsigned io_threads = 2;
   unsigned worker_threads = 0;  // 0 = hardware concurrency
   UpstreamConfig upstream;

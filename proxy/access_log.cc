@@ -82,6 +82,7 @@ void AccessLog::write(const AccessRecord& record) {
   line["request_id"] = record.request_id;
   line["listener"] = std::string(to_string(record.listener));
   line["client"] = record.client;
+  if (record.peer) line["peer"] = *record.peer;
   if (record.user) line["user"] = *record.user;
   line["method"] = record.method;
   line["target"] = loggable_target(record.target);

@@ -2,10 +2,10 @@
 //
 // An access line per answered request:
 //   {"time":"2024-05-01T12:34:56.789Z","request_id":"9f2c4e1a0b7d3c58","listener":"hub",
-//    "client":"10.0.0.7","user":"alice","method":"GET","target":"/acme/m/resolve/main/model.bin",
-//    "status":200,"bytes_sent":1087,"duration_ms":12.345,"route":"resolve","verdict":"disarmed",
-//    "upstream_status":200,"cache":"miss","error":"..."}
-// (user, verdict, upstream_status, cache and error only when known). An audit line per event:
+//    "client":"10.0.0.7","peer":"10.0.0.2","user":"alice","method":"GET",
+//    "target":"/acme/m/resolve/main/model.bin","status":200,"bytes_sent":1087,"duration_ms":12.345,
+//    "route":"resolve","verdict":"disarmed","upstream_status":200,"cache":"miss","error":"..."}
+// (peer, user, verdict, upstream_status, cache and error only when known). An audit line per event:
 //   {"time":"...","event":"blocked","repository":"acme/m","file":"model.bin",...}
 //
 // What never reaches the log: query strings and fragments (they carry tokens and signed-URL
@@ -40,7 +40,9 @@ struct AccessRecord {
   std::chrono::system_clock::time_point time;  // when the request arrived
   std::string request_id;
   Listener listener = Listener::kHub;
-  std::string client;               // the peer's address
+  std::string client;               // the client's address (see forwarded_client.h)
+  // The connection's address, when the client is another one: a trusted proxy that forwarded for it.
+  std::optional<std::string> peer;
   std::optional<std::string> user;  // the authenticated user name, when the request had one
   std::string method;
   std::string target;  // the request target as received; logged without query, fragment or userinfo

@@ -191,6 +191,8 @@ class ClientExchange {
   std::optional<unsigned> upstream_status;
   std::optional<std::string> error_message;
   std::optional<std::string> user;  // the authenticated user (egress mode)
+  // The connection's address when client_address() is another one, forwarded by a trusted proxy.
+  std::optional<std::string> peer;
 
  private:
   boost::asio::awaitable<Status> write(std::string_view bytes);

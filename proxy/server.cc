@@ -38,6 +38,7 @@
 #include "proxy/address_policy.h"
 #include "proxy/certificate_authority.h"
 #include "proxy/client_exchange.h"
+#include "proxy/forwarded_client.h"
 #include "proxy/hub_headers.h"
 #include "proxy/hub_route.h"
 #include "proxy/hub_service.h"
@@ -80,6 +81,7 @@ AccessRecord access_record(const ClientExchange& exchange, Listener listener,
   record.request_id = exchange.request_id();
   record.listener = listener;
   record.client = exchange.client_address();
+  record.peer = exchange.peer;
   record.user = exchange.user;
   record.method = std::string(exchange.request().method_string());
   record.target = std::string(exchange.request().target());
@@ -185,6 +187,17 @@ std::string peer_address(const tcp::socket& socket) {
   boost::system::error_code error;
   const tcp::endpoint peer = socket.remote_endpoint(error);
   return error ? std::string("unknown") : peer.address().to_string();
+}
+
+// Every X-Forwarded-For line of `request`, in order, joined by "," (as one line would hold them).
+std::string joined_forwarded_for(const HttpRequest& request) {
+  std::string joined;
+  auto [begin, end] = request.equal_range("X-Forwarded-For");
+  for (auto field = begin; field != end; ++field) {
+    if (!joined.empty()) joined += ',';
+    joined += field->value();
+  }
+  return joined;
 }
 
 // Threads of the pool for short blocking work (see ServerState::file_workers).
@@ -337,7 +350,15 @@ asio::awaitable<void> ServerState::serve_requests(Stream& stream, beast::flat_bu
     auto request_guard = metrics->request_in_flight();
     const auto started = std::chrono::steady_clock::now();
     const auto arrived = std::chrono::system_clock::now();
-    ClientExchange exchange(connection, parser.release(), client, new_request_id());
+    HttpRequest request = parser.release();
+    // Only the Hub endpoint sits behind load balancers; the admin listener and the egress proxy see
+    // their clients directly.
+    const std::string request_client =
+        listener == Listener::kHub && !config.trusted_proxies.empty()
+            ? forwarded_client(client, joined_forwarded_for(request), config.trusted_proxies)
+            : client;
+    ClientExchange exchange(connection, std::move(request), request_client, new_request_id());
+    if (request_client != client) exchange.peer = client;
     if (draining) exchange.close_after();
     co_await handler(exchange);
     if (!exchange.answered()) co_await exchange.send_error(500, "ZoogateInternal", "no answer was produced");

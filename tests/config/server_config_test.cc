@@ -41,6 +41,7 @@ TEST(DefaultServerConfig, MatchesTheDocumentedDefaults) {
   EXPECT_EQ(config.listen.to_string(), "127.0.0.1:8080");
   EXPECT_EQ(config.admin_listen.to_string(), "127.0.0.1:9090");
   EXPECT_EQ(config.public_url, "");
+  EXPECT_TRUE(config.trusted_proxies.empty());
   EXPECT_EQ(config.io_threads, 2u);
   EXPECT_EQ(config.worker_threads, 0u);
   EXPECT_EQ(config.upstream.hub_url, "https://huggingface.co");
@@ -98,6 +99,7 @@ constexpr std::string_view kEveryKey = R"(# every key, each away from its defaul
 listen: "0.0.0.0:8000"
 admin_listen: "[::1]:0"
 public_url: "https://models.example.com:8443"
+trusted_proxies: [10.0.0.0/8, "::1", "fd00::/8", 192.0.2.7/32]
 io_threads: 4
 worker_threads: 16
 upstream:
@@ -163,6 +165,9 @@ TEST(ServerConfig, ReadsEveryKey) {
   EXPECT_EQ(config.listen, (ListenAddress{"0.0.0.0", 8000}));
   EXPECT_EQ(config.admin_listen, (ListenAddress{"::1", 0}));
   EXPECT_EQ(config.public_url, "https://models.example.com:8443");
+  std::vector<std::string> trusted;
+  for (const AddressRange& range : config.trusted_proxies) trusted.push_back(range.to_string());
+  EXPECT_EQ(trusted, (std::vector<std::string>{"10.0.0.0/8", "::1/128", "fd00::/8", "192.0.2.7/32"}));
   EXPECT_EQ(config.io_threads, 4u);
   EXPECT_EQ(config.worker_threads, 16u);
 
@@ -244,8 +249,8 @@ TEST(ServerConfig, AcceptsEveryListenAddressForm) {
 TEST(ServerConfig, UnknownKeysDuplicatesAndSyntaxErrorsNameTheirPosition) {
   EXPECT_EQ(refusal("listen: 127.0.0.1:1\nlisten_admin: 127.0.0.1:2\n"),
             "zoogate.yaml:2:1: unknown key 'listen_admin' at the top level (allowed: listen, admin_listen, "
-            "public_url, io_threads, worker_threads, upstream, cache, pipeline, mtd, policy_file, limits, "
-            "logging, egress)");
+            "public_url, trusted_proxies, io_threads, worker_threads, upstream, cache, pipeline, mtd, policy_file, "
+            "limits, logging, egress)");
   EXPECT_EQ(refusal("upstream:\n  hub_url: https://hf.co\n  timeout: 5s\n"),
             "zoogate.yaml:3:3: unknown key 'timeout' in 'upstream' (allowed: hub_url, redirect_hosts, ca_bundle, "
             "connect_timeout, read_timeout, retries, max_idle_connections, max_redirects, resolution_ttl, "
@@ -397,6 +402,49 @@ TEST(ServerConfig, PublicUrlIsEmptyOrAnOriginWithoutPath) {
   EXPECT_THAT(refusal("public_url: zoogate.corp"), HasSubstr("the scheme must be"));
 }
 
+TEST(ServerConfig, RefusesBadTrustedProxies) {
+  EXPECT_EQ(refusal("trusted_proxies: [10.0.0.5/8]"),
+            "zoogate.yaml:1:19: bad address range '10.0.0.5/8': bits past the prefix length are set; the range is "
+            "written 10.0.0.0/8, a single address without a prefix length");
+  EXPECT_THAT(refusal("trusted_proxies: [10.0.0.0/33]"), HasSubstr("a number from 0 to 32"));
+  EXPECT_THAT(refusal("trusted_proxies: ['fd00::/129']"), HasSubstr("a number from 0 to 128"));
+  EXPECT_THAT(refusal("trusted_proxies: [10.0.0.0/]"), HasSubstr("a number from 0 to 32"));
+  EXPECT_THAT(refusal("trusted_proxies: [10.0.0.0/-1]"), HasSubstr("a number from 0 to 32"));
+  EXPECT_THAT(refusal("trusted_proxies: ['']"), HasSubstr("must be a non-empty string"));
+  for (std::string_view bad : {"lb.corp", "'[::1]'", "10.0.0", "'10.0.0.1 '"}) {
+    EXPECT_THAT(refusal("trusted_proxies: [" + std::string(bad) + "]"),
+                HasSubstr("write an IPv4 or IPv6 address (without brackets)"))
+        << bad;
+  }
+  EXPECT_EQ(refusal("trusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.0/8\n"),
+            "zoogate.yaml:3:5: '10.0.0.0/8' is listed twice (first at zoogate.yaml:2:5)");
+  EXPECT_THAT(refusal("trusted_proxies: 10.0.0.0/8"), HasSubstr("must be a list"));
+}
+
+TEST(AddressRange, ContainsTheAddressesOfItsPrefix) {
+  auto contains = [](std::string_view range_text, std::string_view address_text) {
+    auto range = AddressRange::parse(range_text);
+    auto address = AddressRange::parse(address_text);  // a single address, as bytes
+    EXPECT_TRUE(range && address) << range_text << " " << address_text;
+    if (!range || !address) return false;
+    return range->contains(std::span(address->network).first(address->ipv6 ? 16 : 4));
+  };
+  EXPECT_TRUE(contains("10.0.0.0/8", "10.255.1.2"));
+  EXPECT_FALSE(contains("10.0.0.0/8", "11.0.0.0"));
+  EXPECT_TRUE(contains("172.16.0.0/12", "172.31.255.255"));
+  EXPECT_FALSE(contains("172.16.0.0/12", "172.32.0.0"));
+  EXPECT_TRUE(contains("192.0.2.7", "192.0.2.7"));
+  EXPECT_FALSE(contains("192.0.2.7", "192.0.2.6"));
+  EXPECT_TRUE(contains("0.0.0.0/0", "203.0.113.9"));
+  EXPECT_TRUE(contains("fd00::/8", "fdff::1"));
+  EXPECT_FALSE(contains("fd00::/8", "fe00::1"));
+  EXPECT_TRUE(contains("2001:db8::/127", "2001:db8::1"));
+  EXPECT_FALSE(contains("2001:db8::/127", "2001:db8::2"));
+  // The families never mix: an IPv4 range holds no IPv6 address, and the other way round.
+  EXPECT_FALSE(contains("0.0.0.0/0", "::1"));
+  EXPECT_FALSE(contains("::/0", "10.0.0.1"));
+}
+
 TEST(ServerConfig, RefusesBadHostPatterns) {
   EXPECT_EQ(refusal("upstream:\n  redirect_hosts: [hf.co, 'hf.*']\n"),
             "zoogate.yaml:2:27: bad host pattern 'hf.*': write a host name (hf.co), '*.' and a host name "
@@ -525,7 +573,8 @@ TEST(ServerConfigToYaml, TheDefaultsReadBackToTheDefaults) {
   std::string yaml = server_config_to_yaml(default_server_config());
   EXPECT_EQ(parse_ok(yaml), default_server_config()) << yaml;
   // Every key is written out, so that the output documents the whole file.
-  for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "io_threads:", "worker_threads:",
+  for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "trusted_proxies:", "io_threads:",
+                               "worker_threads:",
                                "hub_url:", "redirect_hosts:", "ca_bundle:", "connect_timeout:", "read_timeout:",
                                "retries:", "max_idle_connections:", "max_redirects:", "resolution_ttl:",
                                "max_resolutions:", "dir:", "max_size:", "spool_direct_io:",

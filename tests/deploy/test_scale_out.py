@@ -37,6 +37,10 @@ signed manifest verifies the served bytes (`zoogate verify`).
   "a fill lock in the shared folder makes one replica fetch and rebuild each artifact while the
   others wait for its result"). The survivors disarm it at most once (zero when they find the
   drained replica's entry).
+- ClientsBehindTheBalancerTest: the replicas trust nginx (trusted_proxies), which passes the client's
+  address in X-Forwarded-For: two clients on two loopback addresses get two layout variants of the
+  checkpoint (their MTD scopes are their own addresses, not nginx's), made from one CDN fetch, and
+  the replicas' access logs name each client, with nginx as the peer.
 - SharedCacheWithoutBalancerTest: the clients go straight to the three replicas in turn, as the
   Kubernetes Service alone would spread them (docs/operations.md: "the shared cache still guarantees
   one fetch per artifact"): identical bytes from all three, one CDN fetch, one disarm.
@@ -87,8 +91,9 @@ STOP_AFTER_SECONDS = 1.0
 # of sending some of them and its clients resume with Range on another replica.
 SHARD_DRIP = {"chunk_bytes": 64 * 1024, "interval": 0.1}
 SHARD_WIDTH = 512
+# The replicas believe nginx's X-Forwarded-For (it connects to them from 127.0.0.1).
 ZOOGATE_SETTINGS = {"pipeline": {"client_wait": "1s", "retry_after": "1s", "buffer_before_send": "64KiB"},
-                    "worker_threads": 2}
+                    "worker_threads": 2, "trusted_proxies": ["127.0.0.1"]}
 
 
 class Download:
@@ -510,6 +515,41 @@ class ReplicaDrainedTest(ScaleOutCase):
                                      f"SIGTERM): the drained replica's fill should complete within the drain and "
                                      f"the next replica wait for it on the shared fill lock\n"
                                      f"{world.diagnostics(stopped_at)}")
+
+
+class SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """Connections from one local address: a client on its own loopback address."""
+
+    def __init__(self, source_address):
+        self.source_address = source_address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.source_address, 0), **kwargs)
+
+
+class ClientsBehindTheBalancerTest(ScaleOutCase):
+    def test_each_client_address_gets_its_own_variant(self):
+        world = self.start_world()
+        clients = ["127.0.0.3", "127.0.0.4"]
+        downloads = {}
+        for address in clients:
+            with requests.Session() as session:
+                session.mount("http://", SourceAddressAdapter(address))
+                downloads[address] = download(session, world.nginx.url, PICKLE,
+                                              time.monotonic() + FILE_DEADLINE_SECONDS)
+        for address, result in downloads.items():
+            self.assertIsNone(result.error, f"{address}: {result}\n{world.diagnostics()}")
+            self.assertEqual(result.headers.get("ETag", "").strip('"'), sha256(result.data))
+            self.assertEqual(load_weights_only(result.data), {f"weights.{name}": value
+                                                              for name, value in flatten(world.weights).items()})
+        self.assertNotEqual(sha256(downloads[clients[0]].data), sha256(downloads[clients[1]].data))
+        self.assertEqual(world.hub.fetch_count(MODEL, PICKLE), 1, world.diagnostics())
+        self.assertFalse(os.path.exists(world.marker), "the payload ran")
+        served_to = {(record["client"], record.get("peer")) for replica in world.replicas
+                     for record in replica.access_log()
+                     if record["target"].endswith("/" + PICKLE) and record["status"] == 200}
+        self.assertEqual(served_to, {(address, "127.0.0.1") for address in clients})
 
 
 class SharedCacheWithoutBalancerTest(ScaleOutCase):

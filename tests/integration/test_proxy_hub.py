@@ -264,6 +264,45 @@ class Downloads(WorldTest):
         self.assertEqual(len(zoogate.events("listening")), 1)
 
 
+class BehindALoadBalancer(WorldTest):
+    """With trusted_proxies, a request from a trusted balancer is its X-Forwarded-For client's: that
+    address is its MTD scope and the access log's client. Anybody else's X-Forwarded-For is ignored."""
+
+    BALANCER, OTHER = "127.0.0.5", "127.0.0.6"
+    zoogate_config = {"trusted_proxies": [BALANCER]}
+
+    def download(self, source, *forwarded_for):
+        """(ETag, SHA-256 of the body) of the checkpoint downloaded from `source`, one X-Forwarded-For
+        line per value."""
+        headers = [argument for value in forwarded_for for argument in ("-H", f"X-Forwarded-For: {value}")]
+        status, answer, body = curl("--interface", source, *headers, self.world.url(MODEL, "pytorch_model.bin"))
+        self.assertEqual(status, 200)
+        self.assertEqual(load_weights_only(body), flatten(self.world.weights))
+        return answer["etag"], sha256(body)
+
+    def test_the_forwarded_client_is_the_scope(self):
+        client_a = self.download(self.BALANCER, "203.0.113.7")
+        client_b = self.download(self.BALANCER, "203.0.113.8")
+        balancer = self.download(self.BALANCER)
+        self.assertEqual(len({client_a[0], client_b[0], balancer[0]}), 3)
+        self.assertEqual(len({client_a[1], client_b[1], balancer[1]}), 3)
+        # What a client wrote into the header itself, left of what the balancer appended, is not read;
+        # several header lines count as one list.
+        self.assertEqual(self.download(self.BALANCER, "198.51.100.1, 203.0.113.7"), client_a)
+        self.assertEqual(self.download(self.BALANCER, "198.51.100.1", "203.0.113.7"), client_a)
+        # A peer that is not trusted is its own client, whatever it forwards.
+        other = self.download(self.OTHER, "203.0.113.7")
+        self.assertEqual(self.download(self.OTHER), other)
+        self.assertNotEqual(other[0], client_a[0])
+
+        records = [record for record in self.world.zoogate.access_log()
+                   if record["target"].endswith("/pytorch_model.bin")]
+        self.assertEqual(sorted((record["client"], record.get("peer", "")) for record in records),
+                         sorted([("203.0.113.7", self.BALANCER)] * 3 + [("203.0.113.8", self.BALANCER),
+                                                                        (self.BALANCER, ""), (self.OTHER, ""),
+                                                                        (self.OTHER, "")]))
+
+
 class Listings(WorldTest):
     """The API JSON describes the bytes zoogate serves, and never mentions Xet."""
 

@@ -80,6 +80,7 @@ TEST_F(AccessLogTest, WritesOneObjectPerRecordWithTheFieldsItKnows) {
   AccessRecord full = sample_record();
   full.listener = Listener::kEgress;
   full.route = Route::kApi;
+  full.peer = "10.0.0.2";
   full.user = "alice";
   full.verdict = VerdictLabel::kDisarmed;
   full.upstream_status = 302;
@@ -96,6 +97,7 @@ TEST_F(AccessLogTest, WritesOneObjectPerRecordWithTheFieldsItKnows) {
   EXPECT_EQ(written[0], expected_minimal);
   EXPECT_EQ(written[1]["listener"], "egress");
   EXPECT_EQ(written[1]["route"], "api");
+  EXPECT_EQ(written[1]["peer"], "10.0.0.2");
   EXPECT_EQ(written[1]["user"], "alice");
   EXPECT_EQ(written[1]["verdict"], "disarmed");
   EXPECT_EQ(written[1]["upstream_status"], 302);

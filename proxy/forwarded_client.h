@@ -1,0 +1,34 @@
+// Who a request on the Hub endpoint comes from when it passes through load balancers
+// (`trusted_proxies`, docs/configuration.md).
+//
+// Why: behind a balancer every connection comes from the balancer, so the access log and the MTD
+// scope (which variant a client gets, and whom `zoogate trace` names for a leaked copy) would name the
+// balancer for every client. A balancer says whom it forwards for in X-Forwarded-For: each proxy on
+// the way appends the address its request came from. Read from the right, the entries are true as
+// long as a trusted proxy wrote them; the first address that is not a trusted proxy's is the client.
+// Whatever stands left of it the client wrote itself and may have made up, so it is never read.
+//
+// Pure functions of their arguments; safe from any thread.
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "config/server_config.h"
+
+namespace zoogate::proxy {
+
+// The client's address for a request that arrived from `peer` (an address as the socket gives it) with
+// the X-Forwarded-For values `forwarded_for` (every such header line, in order, joined by ","):
+// - `peer` itself unless it lies in `trusted`;
+// - else the rightmost entry of `forwarded_for` that does not lie in `trusted`;
+// - else (every entry trusted) the leftmost entry.
+// An entry that is not an IP address (an obfuscated name, "unknown", junk) ends the walk: the client is
+// then the trusted proxy that wrote it, the last address that was believed. Entries may be "1.2.3.4",
+// "1.2.3.4:5678", "2001:db8::1", "[2001:db8::1]" or "[2001:db8::1]:5678"; the result is the bare
+// address, IPv4-mapped IPv6 addresses written as IPv4.
+std::string forwarded_client(std::string_view peer, std::string_view forwarded_for,
+                             std::span<const config::AddressRange> trusted);
+
+}  // namespace zoogate::proxy
