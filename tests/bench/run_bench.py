@@ -139,7 +139,8 @@ def run_process(command, log_path, servers=None):
         completed = subprocess.run([GNU_TIME, "--quiet", "--format=%M %U %S", f"--output={usage_path}", *command],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         wall_seconds, busy_seconds = time.perf_counter() - start, machine_busy_seconds() - busy_at_start
-        server_seconds = {role: proxy_bench.cpu_seconds(pids) - servers_at_start[role] for role, pids in servers.items()}
+        server_seconds = {role: proxy_bench.cpu_seconds(pids) - servers_at_start[role]
+                          for role, pids in servers.items()}
     if completed.returncode != 0:
         raise BenchError(f"{shlex.join(command)} exited with {completed.returncode}; "
                          f"its output is in {log_path}")
@@ -830,8 +831,8 @@ def bench_proxy_cold_pickle(options):
     nginx, cold, cached, passed, new_files, _, cold_direct_io = (measured[name].wall_seconds for name in measured)
     ratio = cold / passed
     cold_cpu, cached_cpu, passed_cpu, cold_direct_io_cpu = (
-        measured[name].server_cpu_seconds("proxy")
-        for name in ("zoogate cold", "zoogate cached", "zoogate safetensors pass-through", "zoogate cold, spool_direct_io"))
+        measured[name].server_cpu_seconds("proxy") for name in
+        ("zoogate cold", "zoogate cached", "zoogate safetensors pass-through", "zoogate cold, spool_direct_io"))
     # A cold download hashes the checkpoint's bytes three times: the upstream check (X-Linked-Etag),
     # the per-tensor digests of the manifest and the served bytes' digest (ETag, Repr-Digest).
     hashing_cpu = 3 * measured["sha256 of the checkpoint"].own_cpu_seconds

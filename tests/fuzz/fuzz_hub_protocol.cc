@@ -8,7 +8,9 @@
 //     lists the same files, and the rewritten ones with the served facts; leaving every file alone
 //     changes no file entry;
 //   - a resolved range lies inside the representation;
-//   - no header zoogate passes on is hop-by-hop or Xet's, and a passed Location is relative.
+//   - no header zoogate passes on is hop-by-hop or Xet's, and a passed Location is relative;
+//   - the client named by an X-Forwarded-For is an IP address, and the peer itself when the peer is
+//     not trusted; an address range reads back from its own text and contains its network.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -16,8 +18,11 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/ip/address.hpp>
 #include <nlohmann/json.hpp>
 
+#include "config/server_config.h"
+#include "proxy/forwarded_client.h"
 #include "proxy/hub_headers.h"
 #include "proxy/hub_json.h"
 #include "proxy/hub_route.h"
@@ -140,6 +145,28 @@ void fuzz_headers(std::string_view text) {
   }
 }
 
+void fuzz_forwarded_for(std::string_view text) {
+  static const std::vector<zoogate::config::AddressRange> trusted = [] {
+    std::vector<zoogate::config::AddressRange> ranges;
+    for (std::string_view range : {"10.0.0.0/8", "fd00::/8", "127.0.0.1"}) {
+      ranges.push_back(*zoogate::config::AddressRange::parse(range));
+    }
+    return ranges;
+  }();
+  for (std::string_view peer : {"10.0.0.2", "::ffff:10.0.0.2", "fd00::2", "203.0.113.7"}) {
+    const std::string client = forwarded_client(peer, text, trusted);
+    boost::system::error_code error;
+    (void)boost::asio::ip::make_address(client, error);
+    check(!error);
+    if (peer == "203.0.113.7") check(client == peer);
+  }
+  if (auto range = zoogate::config::AddressRange::parse(text)) {
+    auto again = zoogate::config::AddressRange::parse(range->to_string());
+    check(again && *again == *range);
+    check(range->contains(std::span<const uint8_t>(range->network).first(range->ipv6 ? 16 : 4)));
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -147,5 +174,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz_route(text);
   fuzz_listing(text);
   fuzz_headers(text);
+  fuzz_forwarded_for(text);
   return 0;
 }
