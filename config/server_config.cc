@@ -27,9 +27,9 @@ constexpr uint64_t kTiB = 1ull << 40;
 // Larger than any disk or file zoogate will meet; bounds sizes only against typos.
 constexpr uint64_t kMaxStorageBytes = 1024 * kTiB;
 
-constexpr std::array<std::string_view, 14> kTopLevelKeys = {
-    "listen", "admin_listen", "public_url", "trusted_proxies", "io_threads", "worker_threads", "upstream",
-    "cache", "pipeline", "mtd", "policy_file", "limits", "logging", "egress"};
+constexpr std::array<std::string_view, 15> kTopLevelKeys = {
+    "listen", "admin_listen", "public_url", "trusted_proxies", "trusted_user_header", "io_threads",
+    "worker_threads", "upstream", "cache", "pipeline", "mtd", "policy_file", "limits", "logging", "egress"};
 constexpr std::array<std::string_view, 10> kUpstreamKeys = {
     "hub_url", "redirect_hosts", "ca_bundle", "connect_timeout", "read_timeout", "retries",
     "max_idle_connections", "max_redirects", "resolution_ttl", "max_resolutions"};
@@ -274,6 +274,22 @@ Result<std::vector<std::string>> read_host_patterns(const YamlNode& node, MatchA
   return patterns;
 }
 
+// "" or an HTTP header field name (RFC 9110 token characters), at most 64 of them.
+Result<std::string> read_header_name(const YamlNode& node) {
+  constexpr size_t kMaxHeaderNameLength = 64;
+  auto name = node.as_string_or_empty();
+  if (!name) return fail(std::move(name.error()));
+  const bool well_formed = name->size() <= kMaxHeaderNameLength && std::all_of(name->begin(), name->end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
+  if (!well_formed) {
+    return fail(node.error(quoted_path(node) + " must be \"\" or a header name (letters, digits and !#$%&'*+-.^_`|~, at "
+                           "most " + std::to_string(kMaxHeaderNameLength) + "), got " + quote_for_message(*name)));
+  }
+  return name;
+}
+
 // A list of address ranges, none given twice.
 Result<std::vector<AddressRange>> read_address_ranges(const YamlNode& node) {
   std::vector<std::pair<AddressRange, std::string>> seen;  // range -> where it was first listed
@@ -469,13 +485,6 @@ Result<std::string> read_realm(const YamlNode& node) {
                            " printable ASCII characters other than '\"' and '\\', got " + quote_for_message(*realm)));
   }
   return realm;
-}
-
-// User names go into Basic credentials "name:password", which split at the first ':'.
-bool is_user_name(std::string_view name) {
-  constexpr size_t kMaxUserNameLength = 64;
-  return !name.empty() && name.size() <= kMaxUserNameLength &&
-         std::all_of(name.begin(), name.end(), [](char c) { return is_visible_ascii(c) && c != ':'; });
 }
 
 Result<std::vector<std::pair<std::string, std::string>>> read_users(const YamlNode& node) {
@@ -684,6 +693,12 @@ std::string AddressRange::to_string() const {
   return std::string(text) + "/" + std::to_string(prefix_length);
 }
 
+bool is_user_name(std::string_view name) {
+  constexpr size_t kMaxUserNameLength = 64;
+  return !name.empty() && name.size() <= kMaxUserNameLength &&
+         std::all_of(name.begin(), name.end(), [](char c) { return is_visible_ascii(c) && c != ':'; });
+}
+
 ServerConfig default_server_config() { return ServerConfig{}; }
 
 Result<ServerConfig> parse_server_config(std::string_view yaml_text, std::string_view file_name_for_errors) {
@@ -697,6 +712,7 @@ Result<ServerConfig> parse_server_config(std::string_view yaml_text, std::string
   ZG_TRY(read_key(*top, "admin_listen", config.admin_listen, read_listen_address));
   ZG_TRY(read_key(*top, "public_url", config.public_url, read_public_url));
   ZG_TRY(read_key(*top, "trusted_proxies", config.trusted_proxies, read_address_ranges));
+  ZG_TRY(read_key(*top, "trusted_user_header", config.trusted_user_header, read_header_name));
   ZG_TRY(read_key(*top, "io_threads", config.io_threads, kIoThreads));
   ZG_TRY(read_key(*top, "worker_threads", config.worker_threads, kWorkerThreads));
   ZG_TRY(read_section(*top, "upstream", kUpstreamKeys, config.upstream, read_upstream));
@@ -747,6 +763,7 @@ std::string server_config_to_yaml(const ServerConfig& config) {
   std::vector<std::string> trusted_proxies;
   for (const AddressRange& range : config.trusted_proxies) trusted_proxies.push_back(range.to_string());
   out.line(0, "trusted_proxies", yaml_flow_list(trusted_proxies), "load balancers whose X-Forwarded-For counts");
+  out.line(0, "trusted_user_header", yaml_quoted(config.trusted_user_header), "\"\" = none; their authenticated user");
   out.line(0, "io_threads", number(config.io_threads), kIoThreads.text());
   out.line(0, "worker_threads", number(config.worker_threads), kWorkerThreads.text() + "; 0 = hardware concurrency");
 

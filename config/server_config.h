@@ -169,6 +169,9 @@ struct ServerConfig {
   // Reverse proxies (load balancers) in front of the Hub endpoint whose X-Forwarded-For zoogate
   // believes: for their requests the client is the address they forwarded for. Empty: none.
   std::vector<AddressRange> trusted_proxies;
+  // A request header in which trusted proxies name the user they authenticated (an authenticating
+  // proxy's X-Forwarded-User); that user is then the request's MTD scope. "": none.
+  std::string trusted_user_header;
   unsigned io_threads = 2;
   unsigned worker_threads = 0;  // 0 = hardware concurrency
   UpstreamConfig upstream;
@@ -202,5 +205,9 @@ std::string server_config_to_yaml(const ServerConfig& config);
 //   "*.hf.co" matches "a.hf.co" and "x.y.hf.co", not "hf.co";
 //   "*" matches every non-empty host (allowed only in egress rules).
 bool host_matches(std::string_view pattern, std::string_view host);
+
+// Whether `name` can name a user (egress proxy users, users a trusted proxy forwards): 1 to 64
+// printable ASCII characters, no spaces and no ':' (Basic credentials split at the first ':').
+bool is_user_name(std::string_view name);
 
 }  // namespace zoogate::config

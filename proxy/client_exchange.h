@@ -190,7 +190,8 @@ class ClientExchange {
   std::optional<CacheOutcome> cache;
   std::optional<unsigned> upstream_status;
   std::optional<std::string> error_message;
-  std::optional<std::string> user;  // the authenticated user (egress mode)
+  // The authenticated user: of the egress proxy, or named by a trusted proxy on the Hub endpoint.
+  std::optional<std::string> user;
   // The connection's address when client_address() is another one, forwarded by a trusted proxy.
   std::optional<std::string> peer;
 

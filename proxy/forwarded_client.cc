@@ -57,6 +57,11 @@ std::string_view trim_blanks(std::string_view text) {
 
 }  // namespace
 
+bool is_trusted_proxy(std::string_view peer, std::span<const config::AddressRange> trusted) {
+  std::optional<ip::address> address = parse_address(peer);
+  return address && is_trusted(*address, trusted);
+}
+
 std::string forwarded_client(std::string_view peer, std::string_view forwarded_for,
                              std::span<const config::AddressRange> trusted) {
   std::optional<ip::address> believed = parse_address(peer);
@@ -73,6 +78,16 @@ std::string forwarded_client(std::string_view peer, std::string_view forwarded_f
     rest = rest.substr(0, comma);
   }
   return believed->to_string();
+}
+
+std::optional<std::string> forwarded_user(std::string_view header_value) {
+  const std::string_view name = trim_blanks(header_value);
+  if (!config::is_user_name(name)) return std::nullopt;
+  return std::string(name);
+}
+
+std::string mtd_scope(const std::optional<std::string>& user, const std::string& address) {
+  return user && !user->empty() ? "user:" + *user : address;
 }
 
 }  // namespace zoogate::proxy

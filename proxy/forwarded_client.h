@@ -8,9 +8,13 @@
 // long as a trusted proxy wrote them; the first address that is not a trusted proxy's is the client.
 // Whatever stands left of it the client wrote itself and may have made up, so it is never read.
 //
+// An authenticating proxy may also name the user it let through, in the header that
+// `trusted_user_header` names; that user, rather than an address, is then the MTD scope.
+//
 // Pure functions of their arguments; safe from any thread.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -18,6 +22,9 @@
 #include "config/server_config.h"
 
 namespace zoogate::proxy {
+
+// Whether `peer` (an address as the socket gives it) lies in `trusted`.
+bool is_trusted_proxy(std::string_view peer, std::span<const config::AddressRange> trusted);
 
 // The client's address for a request that arrived from `peer` (an address as the socket gives it) with
 // the X-Forwarded-For values `forwarded_for` (every such header line, in order, joined by ","):
@@ -30,5 +37,14 @@ namespace zoogate::proxy {
 // address, IPv4-mapped IPv6 addresses written as IPv4.
 std::string forwarded_client(std::string_view peer, std::string_view forwarded_for,
                              std::span<const config::AddressRange> trusted);
+
+// The user a trusted proxy names in `header_value` (surrounding blanks ignored), when it is a user name
+// (config::is_user_name); nullopt for an absent, empty or malformed one, which leaves the client's
+// address as its scope.
+std::optional<std::string> forwarded_user(std::string_view header_value);
+
+// The MTD scope of a client: its user where one is known, else its address. The same user gets the
+// same variants through the Hub endpoint and through the egress proxy.
+std::string mtd_scope(const std::optional<std::string>& user, const std::string& address);
 
 }  // namespace zoogate::proxy

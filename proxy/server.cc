@@ -313,7 +313,7 @@ asio::awaitable<void> ServerState::session(tcp::socket socket, Listener listener
   // Named, not a temporary inside the co_await: see worker_pool.h on g++ 12.
   auto answer = [this, listener](ClientExchange& exchange) -> asio::awaitable<void> {
     if (listener == Listener::kHub) {
-      co_await hub->handle(exchange, exchange.client_address());
+      co_await hub->handle(exchange, mtd_scope(exchange.user, exchange.client_address()));
     } else {
       co_await handle_admin(exchange);
     }
@@ -351,14 +351,17 @@ asio::awaitable<void> ServerState::serve_requests(Stream& stream, beast::flat_bu
     const auto started = std::chrono::steady_clock::now();
     const auto arrived = std::chrono::system_clock::now();
     HttpRequest request = parser.release();
+    std::string request_client = client;
+    std::optional<std::string> user;
     // Only the Hub endpoint sits behind load balancers; the admin listener and the egress proxy see
     // their clients directly.
-    const std::string request_client =
-        listener == Listener::kHub && !config.trusted_proxies.empty()
-            ? forwarded_client(client, joined_forwarded_for(request), config.trusted_proxies)
-            : client;
+    if (listener == Listener::kHub && is_trusted_proxy(client, config.trusted_proxies)) {
+      request_client = forwarded_client(client, joined_forwarded_for(request), config.trusted_proxies);
+      if (!config.trusted_user_header.empty()) user = forwarded_user(request[config.trusted_user_header]);
+    }
     ClientExchange exchange(connection, std::move(request), request_client, new_request_id());
     if (request_client != client) exchange.peer = client;
+    exchange.user = std::move(user);
     if (draining) exchange.close_after();
     co_await handler(exchange);
     if (!exchange.answered()) co_await exchange.send_error(500, "ZoogateInternal", "no answer was produced");
@@ -677,7 +680,7 @@ asio::awaitable<void> ServerState::intercept(beast::tcp_stream& stream, beast::f
   }
   metrics->count_interception();
   const bool is_hub = host == hub_url.host && port == hub_url.port;
-  const std::string scope = user && !user->empty() ? "user:" + *user : client;
+  const std::string scope = mtd_scope(user, client);
   auto answer = [&](ClientExchange& exchange) -> asio::awaitable<void> {
     exchange.user = user;
     // Host and port: a Host without a port names 443, the port of https.

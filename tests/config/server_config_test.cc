@@ -42,6 +42,7 @@ TEST(DefaultServerConfig, MatchesTheDocumentedDefaults) {
   EXPECT_EQ(config.admin_listen.to_string(), "127.0.0.1:9090");
   EXPECT_EQ(config.public_url, "");
   EXPECT_TRUE(config.trusted_proxies.empty());
+  EXPECT_EQ(config.trusted_user_header, "");
   EXPECT_EQ(config.io_threads, 2u);
   EXPECT_EQ(config.worker_threads, 0u);
   EXPECT_EQ(config.upstream.hub_url, "https://huggingface.co");
@@ -100,6 +101,7 @@ listen: "0.0.0.0:8000"
 admin_listen: "[::1]:0"
 public_url: "https://models.example.com:8443"
 trusted_proxies: [10.0.0.0/8, "::1", "fd00::/8", 192.0.2.7/32]
+trusted_user_header: X-Forwarded-User
 io_threads: 4
 worker_threads: 16
 upstream:
@@ -168,6 +170,7 @@ TEST(ServerConfig, ReadsEveryKey) {
   std::vector<std::string> trusted;
   for (const AddressRange& range : config.trusted_proxies) trusted.push_back(range.to_string());
   EXPECT_EQ(trusted, (std::vector<std::string>{"10.0.0.0/8", "::1/128", "fd00::/8", "192.0.2.7/32"}));
+  EXPECT_EQ(config.trusted_user_header, "X-Forwarded-User");
   EXPECT_EQ(config.io_threads, 4u);
   EXPECT_EQ(config.worker_threads, 16u);
 
@@ -249,8 +252,8 @@ TEST(ServerConfig, AcceptsEveryListenAddressForm) {
 TEST(ServerConfig, UnknownKeysDuplicatesAndSyntaxErrorsNameTheirPosition) {
   EXPECT_EQ(refusal("listen: 127.0.0.1:1\nlisten_admin: 127.0.0.1:2\n"),
             "zoogate.yaml:2:1: unknown key 'listen_admin' at the top level (allowed: listen, admin_listen, "
-            "public_url, trusted_proxies, io_threads, worker_threads, upstream, cache, pipeline, mtd, policy_file, "
-            "limits, logging, egress)");
+            "public_url, trusted_proxies, trusted_user_header, io_threads, worker_threads, upstream, cache, "
+            "pipeline, mtd, policy_file, limits, logging, egress)");
   EXPECT_EQ(refusal("upstream:\n  hub_url: https://hf.co\n  timeout: 5s\n"),
             "zoogate.yaml:3:3: unknown key 'timeout' in 'upstream' (allowed: hub_url, redirect_hosts, ca_bundle, "
             "connect_timeout, read_timeout, retries, max_idle_connections, max_redirects, resolution_ttl, "
@@ -421,6 +424,16 @@ TEST(ServerConfig, RefusesBadTrustedProxies) {
   EXPECT_THAT(refusal("trusted_proxies: 10.0.0.0/8"), HasSubstr("must be a list"));
 }
 
+TEST(ServerConfig, TrustedUserHeaderIsEmptyOrAHeaderName) {
+  EXPECT_EQ(parse_ok("trusted_user_header: ''").trusted_user_header, "");
+  EXPECT_EQ(parse_ok("trusted_user_header: X-Auth-Request-User").trusted_user_header, "X-Auth-Request-User");
+  EXPECT_EQ(refusal("trusted_user_header: 'X-User: alice'"),
+            "zoogate.yaml:1:22: 'trusted_user_header' must be \"\" or a header name (letters, digits and "
+            "!#$%&'*+-.^_`|~, at most 64), got 'X-User: alice'");
+  EXPECT_THAT(refusal("trusted_user_header: " + std::string(65, 'X')), HasSubstr("at most 64"));
+  EXPECT_THAT(refusal("trusted_user_header: [X-User]"), HasSubstr("trusted_user_header"));
+}
+
 TEST(AddressRange, ContainsTheAddressesOfItsPrefix) {
   auto contains = [](std::string_view range_text, std::string_view address_text) {
     auto range = AddressRange::parse(range_text);
@@ -573,8 +586,8 @@ TEST(ServerConfigToYaml, TheDefaultsReadBackToTheDefaults) {
   std::string yaml = server_config_to_yaml(default_server_config());
   EXPECT_EQ(parse_ok(yaml), default_server_config()) << yaml;
   // Every key is written out, so that the output documents the whole file.
-  for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "trusted_proxies:", "io_threads:",
-                               "worker_threads:",
+  for (std::string_view key : {"listen:", "admin_listen:", "public_url:", "trusted_proxies:",
+                               "trusted_user_header:", "io_threads:", "worker_threads:",
                                "hub_url:", "redirect_hosts:", "ca_bundle:", "connect_timeout:", "read_timeout:",
                                "retries:", "max_idle_connections:", "max_redirects:", "resolution_ttl:",
                                "max_resolutions:", "dir:", "max_size:", "spool_direct_io:",

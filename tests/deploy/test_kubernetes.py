@@ -24,8 +24,9 @@ from deploy_support import (DOCKERFILE, IMAGE_CONFIG_FILE, KUSTOMIZE_BASE, REPO,
                             read, run, zoogate_bin)
 
 # The top-level keys of zoogate's server configuration (docs/configuration.md).
-SERVER_CONFIG_KEYS = {"listen", "admin_listen", "public_url", "trusted_proxies", "io_threads", "worker_threads",
-                      "upstream", "cache", "pipeline", "mtd", "policy_file", "limits", "logging", "egress"}
+SERVER_CONFIG_KEYS = {"listen", "admin_listen", "public_url", "trusted_proxies", "trusted_user_header", "io_threads",
+                      "worker_threads", "upstream", "cache", "pipeline", "mtd", "policy_file", "limits", "logging",
+                      "egress"}
 ETC = "/etc/zoogate"
 CACHE = "/var/cache/zoogate"
 

@@ -266,18 +266,21 @@ class Downloads(WorldTest):
 
 class BehindALoadBalancer(WorldTest):
     """With trusted_proxies, a request from a trusted balancer is its X-Forwarded-For client's: that
-    address is its MTD scope and the access log's client. Anybody else's X-Forwarded-For is ignored."""
+    address is its MTD scope and the access log's client; and with trusted_user_header, the user the
+    balancer names is its scope. Anybody else's X-Forwarded-For and user header are ignored."""
 
     BALANCER, OTHER = "127.0.0.5", "127.0.0.6"
-    zoogate_config = {"trusted_proxies": [BALANCER]}
+    zoogate_config = {"trusted_proxies": [BALANCER], "trusted_user_header": "X-Forwarded-User"}
 
-    def download(self, source, *forwarded_for):
-        """(ETag, SHA-256 of the body) of the checkpoint downloaded from `source`, one X-Forwarded-For
-        line per value."""
+    def download(self, source, *forwarded_for, user=None, path="pytorch_model.bin", weights=None):
+        """(ETag, SHA-256 of the body) of `path` downloaded from `source`, one X-Forwarded-For line per
+        value; the body must load as `weights` (default: the world's checkpoint's)."""
         headers = [argument for value in forwarded_for for argument in ("-H", f"X-Forwarded-For: {value}")]
-        status, answer, body = curl("--interface", source, *headers, self.world.url(MODEL, "pytorch_model.bin"))
+        if user is not None:
+            headers += ["-H", f"X-Forwarded-User: {user}"]
+        status, answer, body = curl("--interface", source, *headers, self.world.url(MODEL, path))
         self.assertEqual(status, 200)
-        self.assertEqual(load_weights_only(body), flatten(self.world.weights))
+        self.assertEqual(load_weights_only(body), flatten(weights or self.world.weights))
         return answer["etag"], sha256(body)
 
     def test_the_forwarded_client_is_the_scope(self):
@@ -301,6 +304,22 @@ class BehindALoadBalancer(WorldTest):
                          sorted([("203.0.113.7", self.BALANCER)] * 3 + [("203.0.113.8", self.BALANCER),
                                                                         (self.BALANCER, ""), (self.OTHER, ""),
                                                                         (self.OTHER, "")]))
+
+    def test_a_user_the_balancer_names_is_the_scope(self):
+        small = {"path": "small.pt", "weights": state_dict(3, layers=1, width=8)}
+        alice = self.download(self.BALANCER, "203.0.113.7", user="alice", **small)
+        # The same user from another address gets the same variant; another user another one.
+        self.assertEqual(self.download(self.BALANCER, "203.0.113.8", user="alice", **small), alice)
+        bob = self.download(self.BALANCER, "203.0.113.7", user="bob", **small)
+        address = self.download(self.BALANCER, "203.0.113.7", **small)
+        self.assertEqual(len({alice[0], bob[0], address[0]}), 3)
+        # A name that is no user name counts as none.
+        self.assertEqual(self.download(self.BALANCER, "203.0.113.7", user="alice smith", **small), address)
+        # Nobody but a trusted proxy names users.
+        self.assertEqual(self.download(self.OTHER, user="alice", **small), self.download(self.OTHER, **small))
+
+        records = [record for record in self.world.zoogate.access_log() if record["target"].endswith("/small.pt")]
+        self.assertEqual(sorted(record.get("user", "") for record in records), ["", "", "", "", "alice", "alice", "bob"])
 
 
 class Listings(WorldTest):

@@ -68,5 +68,32 @@ TEST(ForwardedClient, Ipv4MappedAddressesCountAsIpv4) {
   EXPECT_EQ(forwarded_client("10.0.0.2", "203.0.113.7, ::ffff:10.0.0.3", kBalancers), "203.0.113.7");
 }
 
+TEST(ForwardedClient, TrustIsByRange) {
+  EXPECT_TRUE(is_trusted_proxy("10.1.2.3", kBalancers));
+  EXPECT_TRUE(is_trusted_proxy("::ffff:10.1.2.3", kBalancers));
+  EXPECT_TRUE(is_trusted_proxy("fd12::1", kBalancers));
+  EXPECT_FALSE(is_trusted_proxy("11.0.0.1", kBalancers));
+  EXPECT_FALSE(is_trusted_proxy("fe80::1", kBalancers));
+  EXPECT_FALSE(is_trusted_proxy("10.1.2.3", {}));
+  EXPECT_FALSE(is_trusted_proxy("unknown", kBalancers));
+}
+
+TEST(ForwardedUser, AUserNameOrNothing) {
+  EXPECT_EQ(forwarded_user("alice"), "alice");
+  EXPECT_EQ(forwarded_user(" alice@corp.example\t"), "alice@corp.example");
+  EXPECT_EQ(forwarded_user("CORP\\alice"), "CORP\\alice");
+  for (std::string_view refused : {"", " ", "alice smith", "alice:secret", "caf\xc3\xa9", "a\x01"}) {
+    EXPECT_EQ(forwarded_user(refused), std::nullopt) << refused;
+  }
+  EXPECT_EQ(forwarded_user(std::string(64, 'a')), std::string(64, 'a'));
+  EXPECT_EQ(forwarded_user(std::string(65, 'a')), std::nullopt);
+}
+
+TEST(MtdScope, TheUserWhereKnownElseTheAddress) {
+  EXPECT_EQ(mtd_scope(std::string("alice"), "203.0.113.7"), "user:alice");
+  EXPECT_EQ(mtd_scope(std::nullopt, "203.0.113.7"), "203.0.113.7");
+  EXPECT_EQ(mtd_scope(std::string(), "203.0.113.7"), "203.0.113.7");
+}
+
 }  // namespace
 }  // namespace zoogate::proxy
