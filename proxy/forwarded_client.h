@@ -9,7 +9,9 @@
 // Whatever stands left of it the client wrote itself and may have made up, so it is never read.
 //
 // An authenticating proxy may also name the user it let through, in the header that
-// `trusted_user_header` names; that user, rather than an address, is then the MTD scope.
+// `trusted_user_header` names; that user, rather than an address, is then the MTD scope. The proxy
+// must set that header on every request (replacing any a client sent): one that passed a client's
+// header on would let clients pick their scope.
 //
 // Pure functions of their arguments; safe from any thread.
 #pragma once

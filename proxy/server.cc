@@ -357,7 +357,11 @@ asio::awaitable<void> ServerState::serve_requests(Stream& stream, beast::flat_bu
     // their clients directly.
     if (listener == Listener::kHub && is_trusted_proxy(client, config.trusted_proxies)) {
       request_client = forwarded_client(client, joined_forwarded_for(request), config.trusted_proxies);
-      if (!config.trusted_user_header.empty()) user = forwarded_user(request[config.trusted_user_header]);
+      // Two user headers would leave it to chance which one the proxy set: neither counts.
+      auto [first, end] = request.equal_range(config.trusted_user_header);
+      if (!config.trusted_user_header.empty() && first != end && std::next(first) == end) {
+        user = forwarded_user(first->value());
+      }
     }
     ClientExchange exchange(connection, std::move(request), request_client, new_request_id());
     if (request_client != client) exchange.peer = client;

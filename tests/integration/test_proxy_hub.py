@@ -274,10 +274,11 @@ class BehindALoadBalancer(WorldTest):
 
     def download(self, source, *forwarded_for, user=None, path="pytorch_model.bin", weights=None):
         """(ETag, SHA-256 of the body) of `path` downloaded from `source`, one X-Forwarded-For line per
-        value; the body must load as `weights` (default: the world's checkpoint's)."""
+        value and one X-Forwarded-User line per `user` (a name or a list); the body must load as
+        `weights` (default: the world's checkpoint's)."""
         headers = [argument for value in forwarded_for for argument in ("-H", f"X-Forwarded-For: {value}")]
-        if user is not None:
-            headers += ["-H", f"X-Forwarded-User: {user}"]
+        for name in ([] if user is None else [user] if isinstance(user, str) else user):
+            headers += ["-H", f"X-Forwarded-User: {name}"]
         status, answer, body = curl("--interface", source, *headers, self.world.url(MODEL, path))
         self.assertEqual(status, 200)
         self.assertEqual(load_weights_only(body), flatten(weights or self.world.weights))
@@ -313,13 +314,15 @@ class BehindALoadBalancer(WorldTest):
         bob = self.download(self.BALANCER, "203.0.113.7", user="bob", **small)
         address = self.download(self.BALANCER, "203.0.113.7", **small)
         self.assertEqual(len({alice[0], bob[0], address[0]}), 3)
-        # A name that is no user name counts as none.
+        # A name that is no user name counts as none, and so do two names.
         self.assertEqual(self.download(self.BALANCER, "203.0.113.7", user="alice smith", **small), address)
+        self.assertEqual(self.download(self.BALANCER, "203.0.113.7", user=["alice", "bob"], **small), address)
         # Nobody but a trusted proxy names users.
         self.assertEqual(self.download(self.OTHER, user="alice", **small), self.download(self.OTHER, **small))
 
         records = [record for record in self.world.zoogate.access_log() if record["target"].endswith("/small.pt")]
-        self.assertEqual(sorted(record.get("user", "") for record in records), ["", "", "", "", "alice", "alice", "bob"])
+        self.assertEqual(sorted(record.get("user", "") for record in records),
+                         ["", "", "", "", "", "alice", "alice", "bob"])
 
 
 class Listings(WorldTest):
