@@ -194,6 +194,8 @@ class ClientExchange {
   std::optional<std::string> user;
   // The connection's address when client_address() is another one, forwarded by a trusted proxy.
   std::optional<std::string> peer;
+  // "http" or "https": the scheme the client used, as a trusted proxy in front of zoogate says.
+  std::optional<std::string> forwarded_scheme;
 
  private:
   boost::asio::awaitable<Status> write(std::string_view bytes);

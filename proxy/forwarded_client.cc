@@ -86,6 +86,13 @@ std::optional<std::string> forwarded_user(std::string_view header_value) {
   return std::string(name);
 }
 
+std::optional<std::string> forwarded_scheme(std::string_view header_value) {
+  std::string scheme(trim_blanks(header_value));
+  for (char& c : scheme) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  if (scheme != "http" && scheme != "https") return std::nullopt;
+  return scheme;
+}
+
 std::string mtd_scope(const std::optional<std::string>& user, const std::string& address) {
   return user && !user->empty() ? "user:" + *user : address;
 }

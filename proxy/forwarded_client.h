@@ -8,6 +8,9 @@
 // long as a trusted proxy wrote them; the first address that is not a trusted proxy's is the client.
 // Whatever stands left of it the client wrote itself and may have made up, so it is never read.
 //
+// A proxy that terminates TLS says in X-Forwarded-Proto which scheme the client used, so that the links
+// zoogate writes (when `public_url` is not set) send the client back the way it came.
+//
 // An authenticating proxy may also name the user it let through, in the header that
 // `trusted_user_header` names; that user, rather than an address, is then the MTD scope. The proxy
 // must set that header on every request (replacing any a client sent): one that passed a client's
@@ -44,6 +47,10 @@ std::string forwarded_client(std::string_view peer, std::string_view forwarded_f
 // (config::is_user_name); nullopt for an absent, empty or malformed one, which leaves the client's
 // address as its scope.
 std::optional<std::string> forwarded_user(std::string_view header_value);
+
+// The scheme a trusted proxy names in an X-Forwarded-Proto `header_value`: "http" or "https" (any case,
+// surrounding blanks ignored); nullopt for anything else, which leaves the scheme of the connection.
+std::optional<std::string> forwarded_scheme(std::string_view header_value);
 
 // The MTD scope of a client: its user where one is known, else its address. The same user gets the
 // same variants through the Hub endpoint and through the egress proxy.

@@ -189,8 +189,8 @@ std::string HubService::public_base(const ClientExchange& exchange) const {
   // An intercepted client asked the Hub's own origin over TLS; links must send it back there.
   if (!config_.public_url.empty() && !exchange.encrypted()) return config_.public_url;
   auto host = exchange.request().find(http::field::host);
-  return (exchange.encrypted() ? "https://" : "http://") +
-         (host == exchange.request().end() ? std::string("localhost") : std::string(host->value()));
+  const std::string scheme = exchange.encrypted() ? "https" : exchange.forwarded_scheme.value_or("http");
+  return scheme + "://" + (host == exchange.request().end() ? std::string("localhost") : std::string(host->value()));
 }
 
 asio::awaitable<void> HubService::handle(ClientExchange& exchange, std::string scope) {

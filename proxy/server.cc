@@ -189,6 +189,14 @@ std::string peer_address(const tcp::socket& socket) {
   return error ? std::string("unknown") : peer.address().to_string();
 }
 
+// The value of the header `name` when `request` has exactly one line of it. A proxy sets such headers
+// once; two lines would leave it to chance which one it wrote.
+std::optional<std::string_view> single_field(const HttpRequest& request, std::string_view name) {
+  auto [first, end] = request.equal_range(name);
+  if (first == end || std::next(first) != end) return std::nullopt;
+  return std::string_view(first->value().data(), first->value().size());
+}
+
 // Every X-Forwarded-For line of `request`, in order, joined by "," (as one line would hold them).
 std::string joined_forwarded_for(const HttpRequest& request) {
   std::string joined;
@@ -353,19 +361,20 @@ asio::awaitable<void> ServerState::serve_requests(Stream& stream, beast::flat_bu
     HttpRequest request = parser.release();
     std::string request_client = client;
     std::optional<std::string> user;
+    std::optional<std::string> scheme;
     // Only the Hub endpoint sits behind load balancers; the admin listener and the egress proxy see
     // their clients directly.
     if (listener == Listener::kHub && is_trusted_proxy(client, config.trusted_proxies)) {
       request_client = forwarded_client(client, joined_forwarded_for(request), config.trusted_proxies);
-      // Two user headers would leave it to chance which one the proxy set: neither counts.
-      auto [first, end] = request.equal_range(config.trusted_user_header);
-      if (!config.trusted_user_header.empty() && first != end && std::next(first) == end) {
-        user = forwarded_user(first->value());
+      if (auto proto = single_field(request, "X-Forwarded-Proto")) scheme = forwarded_scheme(*proto);
+      if (!config.trusted_user_header.empty()) {
+        if (auto name = single_field(request, config.trusted_user_header)) user = forwarded_user(*name);
       }
     }
     ClientExchange exchange(connection, std::move(request), request_client, new_request_id());
     if (request_client != client) exchange.peer = client;
     exchange.user = std::move(user);
+    exchange.forwarded_scheme = std::move(scheme);
     if (draining) exchange.close_after();
     co_await handler(exchange);
     if (!exchange.answered()) co_await exchange.send_error(500, "ZoogateInternal", "no answer was produced");

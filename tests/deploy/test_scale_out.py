@@ -546,10 +546,16 @@ class ClientsBehindTheBalancerTest(ScaleOutCase):
         self.assertNotEqual(sha256(downloads[clients[0]].data), sha256(downloads[clients[1]].data))
         self.assertEqual(world.hub.fetch_count(MODEL, PICKLE), 1, world.diagnostics())
         self.assertFalse(os.path.exists(world.marker), "the payload ran")
-        served_to = {(record["client"], record.get("peer")) for replica in world.replicas
-                     for record in replica.access_log()
-                     if record["target"].endswith("/" + PICKLE) and record["status"] == 200}
-        self.assertEqual(served_to, {(address, "127.0.0.1") for address in clients})
+
+        def served_to():
+            return {(record["client"], record.get("peer")) for replica in world.replicas
+                    for record in replica.access_log()
+                    if record["target"].endswith("/" + PICKLE) and record["status"] == 200}
+
+        expected = {(address, "127.0.0.1") for address in clients}
+        # A line is written just after its answer has gone out.
+        world.replicas[0].wait_until(lambda: served_to() == expected)
+        self.assertEqual(served_to(), expected)
 
 
 class SharedCacheWithoutBalancerTest(ScaleOutCase):

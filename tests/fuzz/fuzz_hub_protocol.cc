@@ -10,8 +10,8 @@
 //   - a resolved range lies inside the representation;
 //   - no header zoogate passes on is hop-by-hop or Xet's, and a passed Location is relative;
 //   - the client named by an X-Forwarded-For is an IP address, and the peer itself when the peer is
-//     not trusted; a forwarded user is a user name taken from the text; an address range reads back
-//     from its own text and contains its network.
+//     not trusted; a forwarded scheme is http or https; a forwarded user is a user name taken from the
+//     text; an address range reads back from its own text and contains its network.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -161,6 +161,7 @@ void fuzz_forwarded_for(std::string_view text) {
     check(!error);
     if (peer == "203.0.113.7") check(client == peer);
   }
+  if (auto scheme = forwarded_scheme(text)) check(*scheme == "http" || *scheme == "https");
   if (auto user = forwarded_user(text)) check(zoogate::config::is_user_name(*user) && text.find(*user) != text.npos);
   if (auto range = zoogate::config::AddressRange::parse(text)) {
     auto again = zoogate::config::AddressRange::parse(range->to_string());

@@ -266,8 +266,9 @@ class Downloads(WorldTest):
 
 class BehindALoadBalancer(WorldTest):
     """With trusted_proxies, a request from a trusted balancer is its X-Forwarded-For client's: that
-    address is its MTD scope and the access log's client; and with trusted_user_header, the user the
-    balancer names is its scope. Anybody else's X-Forwarded-For and user header are ignored."""
+    address is its MTD scope and the access log's client, and its X-Forwarded-Proto the scheme of the
+    links; with trusted_user_header, the user the balancer names is its scope. Anybody else's headers
+    are ignored."""
 
     BALANCER, OTHER = "127.0.0.5", "127.0.0.6"
     zoogate_config = {"trusted_proxies": [BALANCER], "trusted_user_header": "X-Forwarded-User"}
@@ -284,6 +285,14 @@ class BehindALoadBalancer(WorldTest):
         self.assertEqual(load_weights_only(body), flatten(weights or self.world.weights))
         return answer["etag"], sha256(body)
 
+    def logged(self, file_name, count):
+        """The access log's lines for `file_name` (each test of the class asks for files of its own),
+        once there are `count` of them: a line is written just after its answer has gone out."""
+        def lines():
+            return [record for record in self.world.zoogate.access_log() if record["target"].endswith("/" + file_name)]
+        self.world.zoogate.wait_until(lambda: len(lines()) >= count)
+        return lines()
+
     def test_the_forwarded_client_is_the_scope(self):
         client_a = self.download(self.BALANCER, "203.0.113.7")
         client_b = self.download(self.BALANCER, "203.0.113.8")
@@ -299,12 +308,29 @@ class BehindALoadBalancer(WorldTest):
         self.assertEqual(self.download(self.OTHER), other)
         self.assertNotEqual(other[0], client_a[0])
 
-        records = [record for record in self.world.zoogate.access_log()
-                   if record["target"].endswith("/pytorch_model.bin")]
+        records = self.logged("pytorch_model.bin", 7)
         self.assertEqual(sorted((record["client"], record.get("peer", "")) for record in records),
                          sorted([("203.0.113.7", self.BALANCER)] * 3 + [("203.0.113.8", self.BALANCER),
                                                                         (self.BALANCER, ""), (self.OTHER, ""),
                                                                         (self.OTHER, "")]))
+
+    def test_links_take_the_scheme_the_balancer_names(self):
+        """A balancer that terminates TLS says so in X-Forwarded-Proto; the manifest link (public_url
+        is not set) then sends the client back over https. Nobody else can change the scheme."""
+        url = self.world.url(MODEL, "evil.bin")  # an artifact of its own: the other tests count theirs
+
+        def manifest_link(source, *protos):
+            headers = [argument for proto in protos for argument in ("-H", f"X-Forwarded-Proto: {proto}")]
+            status, answer, _ = curl("--interface", source, *headers, url)
+            self.assertEqual(status, 200)
+            return answer["link"]
+
+        host = self.world.zoogate.hub_url.removeprefix("http://")
+        self.assertTrue(manifest_link(self.BALANCER, "https").startswith(f"<https://{host}/"))
+        self.assertTrue(manifest_link(self.BALANCER).startswith(f"<http://{host}/"))
+        self.assertTrue(manifest_link(self.BALANCER, "https", "https").startswith(f"<http://{host}/"))
+        self.assertTrue(manifest_link(self.BALANCER, "gopher").startswith(f"<http://{host}/"))
+        self.assertTrue(manifest_link(self.OTHER, "https").startswith(f"<http://{host}/"))
 
     def test_a_user_the_balancer_names_is_the_scope(self):
         small = {"path": "small.pt", "weights": state_dict(3, layers=1, width=8)}
@@ -320,7 +346,7 @@ class BehindALoadBalancer(WorldTest):
         # Nobody but a trusted proxy names users.
         self.assertEqual(self.download(self.OTHER, user="alice", **small), self.download(self.OTHER, **small))
 
-        records = [record for record in self.world.zoogate.access_log() if record["target"].endswith("/small.pt")]
+        records = self.logged("small.pt", 8)
         self.assertEqual(sorted(record.get("user", "") for record in records),
                          ["", "", "", "", "", "alice", "alice", "bob"])
 

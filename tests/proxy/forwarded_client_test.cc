@@ -89,6 +89,15 @@ TEST(ForwardedUser, AUserNameOrNothing) {
   EXPECT_EQ(forwarded_user(std::string(65, 'a')), std::nullopt);
 }
 
+TEST(ForwardedScheme, HttpOrHttpsOnly) {
+  EXPECT_EQ(forwarded_scheme("https"), "https");
+  EXPECT_EQ(forwarded_scheme(" HTTPS\t"), "https");
+  EXPECT_EQ(forwarded_scheme("http"), "http");
+  for (std::string_view refused : {"", "ftp", "https, http", "https:", "wss"}) {
+    EXPECT_EQ(forwarded_scheme(refused), std::nullopt) << refused;
+  }
+}
+
 TEST(MtdScope, TheUserWhereKnownElseTheAddress) {
   EXPECT_EQ(mtd_scope(std::string("alice"), "203.0.113.7"), "user:alice");
   EXPECT_EQ(mtd_scope(std::nullopt, "203.0.113.7"), "203.0.113.7");
