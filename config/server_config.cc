@@ -11,6 +11,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "common/http_syntax.h"
 #include "common/password_hash.h"
 #include "config/yaml_reader.h"
 
@@ -279,13 +280,10 @@ Result<std::string> read_header_name(const YamlNode& node) {
   constexpr size_t kMaxHeaderNameLength = 64;
   auto name = node.as_string_or_empty();
   if (!name) return fail(std::move(name.error()));
-  const bool well_formed = name->size() <= kMaxHeaderNameLength && std::all_of(name->begin(), name->end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-  });
-  if (!well_formed) {
-    return fail(node.error(quoted_path(node) + " must be \"\" or a header name (letters, digits and !#$%&'*+-.^_`|~, at "
-                           "most " + std::to_string(kMaxHeaderNameLength) + "), got " + quote_for_message(*name)));
+  if (name->size() > kMaxHeaderNameLength || !std::all_of(name->begin(), name->end(), is_token_char)) {
+    return fail(node.error(quoted_path(node) + " must be \"\" or a header name (letters, digits and " +
+                           "!#$%&'*+-.^_`|~, at most " + std::to_string(kMaxHeaderNameLength) + "), got " +
+                           quote_for_message(*name)));
   }
   return name;
 }

@@ -3,6 +3,9 @@
 #include <optional>
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/beast/core/string.hpp>
+
+#include "common/http_syntax.h"
 
 namespace zoogate::proxy {
 
@@ -49,12 +52,6 @@ bool is_trusted(const ip::address& address, std::span<const config::AddressRange
   return false;
 }
 
-std::string_view trim_blanks(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-  return text;
-}
-
 }  // namespace
 
 bool is_trusted_proxy(std::string_view peer, std::span<const config::AddressRange> trusted) {
@@ -70,7 +67,7 @@ std::string forwarded_client(std::string_view peer, std::string_view forwarded_f
   std::string_view rest = forwarded_for;
   while (is_trusted(*believed, trusted)) {
     const size_t comma = rest.rfind(',');
-    const std::string_view entry = trim_blanks(comma == std::string_view::npos ? rest : rest.substr(comma + 1));
+    const std::string_view entry = trim_ows(comma == std::string_view::npos ? rest : rest.substr(comma + 1));
     std::optional<ip::address> address = parse_entry(entry);
     if (!address) break;
     believed = address;
@@ -81,16 +78,17 @@ std::string forwarded_client(std::string_view peer, std::string_view forwarded_f
 }
 
 std::optional<std::string> forwarded_user(std::string_view header_value) {
-  const std::string_view name = trim_blanks(header_value);
+  const std::string_view name = trim_ows(header_value);
   if (!config::is_user_name(name)) return std::nullopt;
   return std::string(name);
 }
 
 std::optional<std::string> forwarded_scheme(std::string_view header_value) {
-  std::string scheme(trim_blanks(header_value));
-  for (char& c : scheme) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-  if (scheme != "http" && scheme != "https") return std::nullopt;
-  return scheme;
+  const std::string_view scheme = trim_ows(header_value);
+  for (std::string_view known : {"http", "https"}) {
+    if (boost::beast::iequals(scheme, known)) return std::string(known);
+  }
+  return std::nullopt;
 }
 
 std::string mtd_scope(const std::optional<std::string>& user, const std::string& address) {

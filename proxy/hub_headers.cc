@@ -5,6 +5,7 @@
 #include <set>
 
 #include "common/encoding.h"
+#include "common/http_syntax.h"
 
 namespace zoogate::proxy {
 namespace {
@@ -30,14 +31,6 @@ constexpr std::array<std::string_view, 13> kDroppedHeaders = {
 // Link relation types of Xet's protocol (answers to HEAD /resolve for files stored in Xet).
 constexpr std::array<std::string_view, 2> kXetRelations = {"xet-auth", "xet-reconstruction-info"};
 
-bool is_ows(char c) { return c == ' ' || c == '\t'; }
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && is_ows(text.front())) text.remove_prefix(1);
-  while (!text.empty() && is_ows(text.back())) text.remove_suffix(1);
-  return text;
-}
-
 std::string to_lower(std::string_view text) {
   std::string out(text);
   std::transform(out.begin(), out.end(), out.begin(),
@@ -46,12 +39,6 @@ std::string to_lower(std::string_view text) {
 }
 
 bool iequals(std::string_view a, std::string_view b) { return a.size() == b.size() && to_lower(a) == to_lower(b); }
-
-// RFC 9110 tchar.
-bool is_token_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
 
 std::optional<uint64_t> parse_digits(std::string_view text) {
   if (text.empty()) return std::nullopt;
@@ -148,7 +135,7 @@ std::optional<std::vector<LinkValue>> parse_link_header(std::string_view header)
         }
       }
     }
-    value.text = trim(header.substr(start, pos - start));
+    value.text = trim_ows(header.substr(start, pos - start));
     value.after_target = header.substr(close + 1, start + value.text.size() - close - 1);
     values.push_back(std::move(value));
   }
@@ -243,7 +230,7 @@ std::vector<HeaderField> passable_headers(std::span<const HeaderField> upstream)
     std::string_view list = field.value;
     while (!list.empty()) {
       const size_t comma = list.find(',');
-      const std::string_view token = trim(list.substr(0, comma));
+      const std::string_view token = trim_ows(list.substr(0, comma));
       if (!token.empty()) connection_listed.insert(to_lower(token));
       list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
     }
@@ -255,7 +242,7 @@ std::vector<HeaderField> passable_headers(std::span<const HeaderField> upstream)
         name.starts_with("proxy-") || name.starts_with("x-xet-") || connection_listed.contains(name)) {
       continue;
     }
-    if (name == "location" && !is_path_absolute(trim(field.value))) continue;
+    if (name == "location" && !is_path_absolute(trim_ows(field.value))) continue;
     if (name == "link") {
       auto kept = filter_link_values(field.value, [](const LinkValue&) { return std::optional<std::string>(); });
       if (kept) passed.push_back({field.name, std::move(*kept)});
@@ -303,7 +290,7 @@ std::string next_page_target(std::string_view link_value, std::string_view upstr
 }
 
 std::string parse_entity_tag(std::string_view value) {
-  value = trim(value);
+  value = trim_ows(value);
   if (value.starts_with("W/")) value.remove_prefix(2);
   if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
   const bool malformed = std::any_of(value.begin(), value.end(), [](char c) {
@@ -313,10 +300,10 @@ std::string parse_entity_tag(std::string_view value) {
   return malformed ? std::string() : std::string(value);
 }
 
-std::optional<uint64_t> parse_decimal(std::string_view value) { return parse_digits(trim(value)); }
+std::optional<uint64_t> parse_decimal(std::string_view value) { return parse_digits(trim_ows(value)); }
 
 std::optional<RangeSpec> parse_range(std::string_view value) {
-  value = trim(value);
+  value = trim_ows(value);
   const size_t equals = value.find('=');
   if (equals == std::string_view::npos || !iequals(value.substr(0, equals), "bytes")) return std::nullopt;
   std::string_view only;
@@ -324,7 +311,7 @@ std::optional<RangeSpec> parse_range(std::string_view value) {
   std::string_view set = value.substr(equals + 1);
   while (true) {
     const size_t comma = set.find(',');
-    const std::string_view element = trim(set.substr(0, comma));
+    const std::string_view element = trim_ows(set.substr(0, comma));
     if (!element.empty()) {
       only = element;
       ++ranges;
